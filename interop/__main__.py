@@ -1,0 +1,3 @@
+from interop.cli import main
+
+raise SystemExit(main())

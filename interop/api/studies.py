@@ -1,0 +1,63 @@
+"""The node's own API for study assembly: readiness events (what routing consumes) and study state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from interop.api.deps import CanReadImaging, NodeDep
+from interop.assembly import events_since
+from interop.errors import NotFound
+from interop.store.models import Instance, Series, Study
+
+router = APIRouter(prefix="/api/studies", tags=["studies"])
+
+
+class StudyEventOut(BaseModel):
+    id: int
+    study_uid: str
+    kind: str
+    series_count: int
+    instance_count: int
+    at: dt.datetime
+
+
+class StudyStateOut(BaseModel):
+    study_uid: str
+    state: str
+    last_received_at: dt.datetime
+    series_count: int
+    instance_count: int
+
+
+@router.get("/events", response_model=list[StudyEventOut])
+def list_events(
+    node: NodeDep,
+    _: CanReadImaging,
+    after: Annotated[int, Query(ge=0, description="return events with id greater than this")] = 0,
+    kind: Annotated[str | None, Query(pattern="^(ready|reopened)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[StudyEventOut]:
+    """Study readiness events, oldest first; page with ``after=<last id>``."""
+    return [
+        StudyEventOut(id=e.id, study_uid=e.study_uid, kind=e.kind, series_count=e.series_count,
+                      instance_count=e.instance_count, at=e.at)
+        for e in events_since(node.db, after, limit, kind)
+    ]
+
+
+@router.get("/{study_uid}", response_model=StudyStateOut)
+def study_state(study_uid: str, node: NodeDep, _: CanReadImaging) -> StudyStateOut:
+    """Whether a study is still ``receiving`` or ``ready``, with its counts."""
+    with node.db.reading() as s:
+        study = s.scalars(select(Study).where(Study.study_uid == study_uid)).one_or_none()
+        if study is None:
+            raise NotFound(f"study {study_uid} not found")
+        n_series = s.scalar(select(func.count(Series.id)).where(Series.study_pk == study.id)) or 0
+        n_inst = s.scalar(select(func.count(Instance.id)).where(Instance.study_pk == study.id)) or 0
+        return StudyStateOut(study_uid=study.study_uid, state=study.state, last_received_at=study.last_received_at,
+                             series_count=n_series, instance_count=n_inst)

@@ -1,0 +1,122 @@
+"""``interop``: the command line.
+
+* ``interop serve``: every role in one process (HTTP, DICOM listener, study assembly) on the settings;
+* ``interop token``: mint a bearer token for scripts and tests;
+* ``interop migrate``: bring the database schema up to date (``serve`` does this too);
+* ``interop store check``: list stored objects that no index row points at (left by a crash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from interop.config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    if getattr(args, "config", None):
+        os.environ["INTEROP_CONFIG"] = str(Path(args.config).absolute())
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic ValidationError or a bad config file: say what, then exit
+        print(f"interop: invalid configuration:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from interop.api import create_app
+    from interop.node import Node
+
+    settings = _settings(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    node = Node(settings)
+    app = create_app(node)
+    print(
+        f"interop: data in {settings.data_dir}; DICOM {settings.dicom.ae_title}@{settings.dicom.host}:"
+        f"{settings.dicom.port}; HTTP http://{settings.http.host}:{settings.http.port} "
+        f"(DICOMweb /dicomweb, API docs /docs); token: `interop token`",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(app, host=settings.http.host, port=settings.http.port, log_level=settings.log_level.lower(),
+                access_log=False)
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from interop.auth import TokenService
+
+    settings = _settings(args)
+    tokens = TokenService.from_settings(settings)
+    print(tokens.mint(subject=args.subject, scope=args.scope, ttl=args.ttl))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from interop.store.db import Database
+
+    settings = _settings(args)
+    db = Database(settings.db_url)
+    db.migrate()
+    print(f"schema up to date on {db.engine.url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def _store_check(args: argparse.Namespace) -> int:
+    from interop.store.blobs import FileBlobStore
+    from interop.store.db import Database
+    from interop.store.instances import InstanceStore
+
+    settings = _settings(args)
+    db = Database(settings.db_url)
+    blobs = FileBlobStore(settings.data_dir / "blobs")
+    orphans = InstanceStore(db, blobs).orphan_blobs()
+    for key in orphans:
+        print(key)
+        if args.delete:
+            blobs.delete(key)
+    print(f"{len(orphans)} object(s) with no index row{' deleted' if args.delete and orphans else ''}",
+          file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="interop", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--config", help="TOML configuration file (same as INTEROP_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run the node (HTTP, DICOM, study assembly)").set_defaults(func=_serve)
+
+    t = sub.add_parser("token", help="mint a bearer token")
+    t.add_argument("--subject", default="admin", help="the token's subject (default: admin)")
+    t.add_argument("--scope", default="system/*.cruds", help="SMART scopes (default: system/*.cruds)")
+    t.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default: auth.token_ttl_seconds)")
+    t.set_defaults(func=_token)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+
+    st = sub.add_parser("store", help="storage maintenance")
+    st_sub = st.add_subparsers(dest="store_command", required=True)
+    chk = st_sub.add_parser("check", help="list objects no index row points at")
+    chk.add_argument("--delete", action="store_true", help="delete them")
+    chk.set_defaults(func=_store_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,268 @@
+"""The DIMSE listener (PS3.7, PS3.8): C-ECHO, C-STORE for every storage SOP class, C-FIND at study,
+series and image level (Study Root and Patient Root Query/Retrieve, PS3.4 Annex C).
+
+Handlers are plain functions bound with their collaborators, in pynetdicom's style; each returns a DIMSE
+status and logs, and never raises. Received data sets are streamed to a file by pynetdicom
+(``STORE_RECV_CHUNKED_DATASET``) in the store's temporary directory, so a large instance never sits in
+memory; the success status goes back only after :meth:`InstanceStore.ingest` has fsynced the file and
+committed the index row.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from interop.assembly import StudyAssembler
+from interop.config import DicomSettings
+from interop.errors import InteropError, OutOfResources
+from interop.store.db import Database
+from interop.store.instances import InstanceStore
+from interop.store.query import LEVELS, Level, parse_query, run_query
+
+log = logging.getLogger(__name__)
+
+#: Transfer syntaxes we accept for storage: the uncompressed ones first, then the common compressed
+#: ones, which are stored as received (PS3.5 Annex A, §10).
+STORAGE_TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K Lossless RPCL
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.100",  # MPEG2 MP@ML
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264
+    "1.2.840.10008.1.2.4.106",  # MPEG-4 AVC/H.264 Stereo
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265
+]
+
+STATUS_PENDING = 0xFF00
+STATUS_CANCEL = 0xFE00
+STATUS_IDENTIFIER_MISMATCH = 0xA900
+STATUS_UNABLE_TO_PROCESS = 0xC000
+
+
+def _status(code: int, comment: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]  # (0000,0902) LO
+    return ds
+
+
+class _Sessions:
+    """Maps live associations to study-assembly session keys."""
+
+    def __init__(self, assembler: StudyAssembler) -> None:
+        self.assembler = assembler
+        self._keys: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def key(self, assoc: Any) -> str:
+        with self._lock:
+            k = self._keys.get(id(assoc))
+            if k is None:
+                k = self._keys[id(assoc)] = self.assembler.open_session()
+            return k
+
+    def close(self, assoc: Any) -> None:
+        with self._lock:
+            k = self._keys.pop(id(assoc), None)
+        if k is not None:
+            self.assembler.close_session(k)
+
+
+# -- handlers ------------------------------------------------------------------------------------------
+
+
+def handle_echo(event: evt.Event) -> int:
+    """C-ECHO (PS3.7 §9.1.5): always success."""
+    return 0x0000
+
+
+def handle_store(event: evt.Event, store: InstanceStore, sessions: _Sessions) -> Dataset:
+    """C-STORE (PS3.4 Annex B): ingest the streamed file; the status follows PS3.4 B.2.3."""
+    req = cast(C_STORE, event.request)
+    requestor = event.assoc.requestor
+    try:
+        result = store.ingest(
+            event.dataset_path,
+            source="dimse",
+            calling_ae=(requestor.ae_title or "").strip() or None,
+            expected_sop_class=str(req.AffectedSOPClassUID),
+            expected_sop_uid=str(req.AffectedSOPInstanceUID),
+            session_key=sessions.key(event.assoc),
+        )
+    except InteropError as exc:
+        log.warning("C-STORE %s from %s refused (0x%04X): %s", req.AffectedSOPInstanceUID,
+                    requestor.ae_title, exc.dimse_status, exc.message)
+        return _status(exc.dimse_status, exc.message)
+    except OSError as exc:
+        err = OutOfResources(f"storage failed: {exc.strerror or exc}")
+        log.error("C-STORE %s: %s", req.AffectedSOPInstanceUID, err.message)
+        return _status(err.dimse_status, err.message)
+    except Exception:
+        log.exception("C-STORE %s: unexpected failure", req.AffectedSOPInstanceUID)
+        return _status(0x0110, "processing failure")
+    if result.status != 0x0000:
+        log.warning("C-STORE %s: warning 0x%04X: %s", result.sop_uid, result.status, result.comment)
+    return _status(result.status, result.comment if result.status else None)
+
+
+def handle_find(
+    event: evt.Event, db: Database, header_reader: Callable[[str], Dataset], ae_title: str
+) -> Iterator[tuple[int, Dataset | None]]:
+    """C-FIND (PS3.4 C.4.1): match the identifier against the index and yield pending responses."""
+    try:
+        identifier = event.identifier
+        level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+    except Exception as exc:
+        log.warning("C-FIND: undecodable identifier: %s", exc)
+        yield STATUS_UNABLE_TO_PROCESS, None
+        return
+    if level not in LEVELS:
+        yield STATUS_IDENTIFIER_MISMATCH, None
+        return
+    keys: list[str] = []
+    params: list[tuple[str, str]] = []
+    for elem in identifier:
+        kw = elem.keyword
+        if not kw or kw in ("QueryRetrieveLevel", "SpecificCharacterSet") or elem.tag.group <= 0x0002:
+            continue
+        keys.append(kw)
+        if elem.VR != "SQ" and elem.value not in (None, ""):
+            value = elem.value
+            params.append((kw, "\\".join(map(str, value)) if elem.VM > 1 else str(value)))
+    try:
+        q = parse_query(cast(Level, level), params, strict=False)
+        with db.reading() as s:
+            results = run_query(s, q, keywords=keys, header_reader=header_reader, keep_empty=True)
+    except InteropError as exc:
+        log.warning("C-FIND refused: %s", exc.message)
+        yield STATUS_UNABLE_TO_PROCESS, None
+        return
+    except Exception:
+        log.exception("C-FIND failed")
+        yield STATUS_UNABLE_TO_PROCESS, None
+        return
+    for ds in results:
+        if event.is_cancelled:
+            yield STATUS_CANCEL, None
+            return
+        ds.QueryRetrieveLevel = level
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.RetrieveAETitle = ae_title
+        yield STATUS_PENDING, ds
+
+
+def handle_close(event: evt.Event, sessions: _Sessions) -> None:
+    sessions.close(event.assoc)
+
+
+# -- server --------------------------------------------------------------------------------------------
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server with a peer-address allow-list and TCP_NODELAY on every socket."""
+
+    allowed_hosts: frozenset[str] = frozenset()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if self.allowed_hosts and client_address[0] not in self.allowed_hosts:
+            log.warning("DICOM connection from %s refused: address not allowed", client_address[0])
+            return False
+        return True
+
+
+class DimseListener:
+    def __init__(
+        self,
+        settings: DicomSettings,
+        store: InstanceStore,
+        assembler: StudyAssembler,
+        header_reader: Callable[[str], Dataset],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sessions = _Sessions(assembler)
+        self.header_reader = header_reader
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def _ae(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_associations = s.max_associations
+        ae.maximum_pdu_size = s.max_pdu_size
+        ae.network_timeout = s.network_timeout
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        if s.allowed_aes:
+            ae.require_calling_aet = list(s.allowed_aes)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cast(str, cx.abstract_syntax), STORAGE_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+        ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
+        return ae
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        ae = self._ae()
+        handlers: list[Any] = [
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [self.store, self.sessions]),
+            (evt.EVT_C_FIND, handle_find, [self.store.db, self.header_reader, self.settings.ae_title]),
+            (evt.EVT_CONN_CLOSE, handle_close, [self.sessions]),
+        ]
+        server = cast(_Server, ae.make_server((self.settings.host, self.settings.port), evt_handlers=handlers,
+                                              server_class=_Server))
+        server.allowed_hosts = frozenset(self.settings.allowed_hosts)
+        cast(socket.socket, server.socket).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True)
+        self._thread.start()
+        log.info("DICOM listener %s on %s:%d", self.settings.ae_title, self.settings.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            for assoc in list(self._server.active_associations):
+                assoc.release()
+            self._server = None

@@ -1,0 +1,138 @@
+"""One error hierarchy for the whole server.
+
+Each error knows how it is told on every wire we speak:
+
+* DIMSE: a C-STORE/C-FIND status (PS3.4 Annex B.2.3, PS3.7 Annex C);
+* DICOMweb STOW-RS: the same status as the FailureReason (0008,1197) of a FailedSOPSequence item
+  (PS3.18 §10.5.3);
+* HTTP: a status code; FHIR: an OperationOutcome issue code (R4 ``issue-type`` value set);
+* HL7 v2: an ACK code (AE/AR) and an ERR-3 error code from HL7 table 0357 (v2.5.1 Ch. 2 §2.9).
+
+Handlers catch :class:`InteropError` at the edge and translate; nothing else decides a status.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class InteropError(Exception):
+    """Base class. Defaults describe an internal processing failure."""
+
+    dimse_status: ClassVar[int] = 0x0110  # Processing failure (PS3.7 C.4.2)
+    http_status: ClassVar[int] = 500
+    fhir_code: ClassVar[str] = "exception"
+    hl7_ack: ClassVar[str] = "AE"
+    hl7_error_code: ClassVar[str] = "207"  # Application internal error
+
+    def __init__(self, message: str, *, expression: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.expression = expression
+
+    def operation_outcome(self) -> dict[str, Any]:
+        """FHIR R4 OperationOutcome (JSON) describing this error."""
+        issue: dict[str, Any] = {
+            "severity": "error" if self.http_status < 500 else "fatal",
+            "code": self.fhir_code,
+            "diagnostics": self.message,
+        }
+        if self.expression:
+            issue["expression"] = [self.expression]
+        return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+class InvalidInput(InteropError):
+    """Input that cannot be understood (C000, HTTP 400, FHIR ``invalid``, HL7 AE)."""
+
+    dimse_status = 0xC000
+    http_status = 400
+    fhir_code = "invalid"
+    hl7_error_code = "102"
+
+
+class UndecodableDataset(InvalidInput):
+    """The bytes do not decode as a DICOM data set (truncated, corrupt, not DICOM)."""
+
+    dimse_status = 0xC210  # Cannot understand: dataset could not be decoded
+
+
+class DatasetMismatch(InvalidInput):
+    """Data set does not match SOP class, or lacks an attribute the store needs (PS3.4 B.2.3: A900)."""
+
+    dimse_status = 0xA900
+    hl7_error_code = "101"
+
+
+class SopClassNotSupported(InteropError):
+    dimse_status = 0x0122  # Refused: SOP class not supported
+    http_status = 415
+    fhir_code = "not-supported"
+    hl7_ack = "AR"
+    hl7_error_code = "200"
+
+
+class DuplicateInstance(InteropError):
+    """A different payload under a stored SOP Instance UID, with the ``reject`` policy (PS3.7 C.4.2: 0111)."""
+
+    dimse_status = 0x0111
+    http_status = 409
+    fhir_code = "duplicate"
+    hl7_error_code = "205"
+
+
+class OutOfResources(InteropError):
+    """Refused: out of resources (PS3.4 B.2.3: A700); HTTP 503."""
+
+    dimse_status = 0xA700
+    http_status = 503
+    fhir_code = "transient"
+    hl7_error_code = "207"
+
+
+class NotFound(InteropError):
+    dimse_status = 0xC000
+    http_status = 404
+    fhir_code = "not-found"
+    hl7_error_code = "204"
+
+
+class NotAcceptable(InteropError):
+    """No representation matches the Accept header (PS3.18 §8.7)."""
+
+    http_status = 406
+    fhir_code = "not-supported"
+
+
+class Unauthorized(InteropError):
+    dimse_status = 0x0124  # Refused: not authorized
+    http_status = 401
+    fhir_code = "login"
+    hl7_ack = "AR"
+    hl7_error_code = "207"
+
+
+class Forbidden(Unauthorized):
+    http_status = 403
+    fhir_code = "forbidden"
+
+
+class Conflict(InteropError):
+    http_status = 409
+    fhir_code = "conflict"
+
+
+__all__ = [
+    "Conflict",
+    "DatasetMismatch",
+    "DuplicateInstance",
+    "Forbidden",
+    "InteropError",
+    "InvalidInput",
+    "NotAcceptable",
+    "NotFound",
+    "OutOfResources",
+    "SopClassNotSupported",
+    "UndecodableDataset",
+    "Unauthorized",
+]
