@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +23,13 @@ from pydantic_settings import (
 DuplicatePolicy = Literal["keep-first", "overwrite", "reject"]
 
 
-class DicomSettings(BaseModel):
+class _Section(BaseModel):
+    """A configuration section: unknown keys are errors (a typo must not silently keep a default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DicomSettings(_Section):
     """The DIMSE listener (PS3.7, PS3.8)."""
 
     ae_title: str = "INTEROP"
@@ -51,21 +57,21 @@ class DicomSettings(BaseModel):
         return v
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535)
     #: Public base URL used in RetrieveURL / BulkDataURI; default derived from the request.
     public_url: str | None = None
 
 
-class StudySettings(BaseModel):
+class StudySettings(_Section):
     """Study assembly: when a study counts as ready for routing."""
 
     #: Seconds without a new instance (after the delivering association ends) before a study is ready.
     quiet_seconds: float = Field(5.0, ge=0)
 
 
-class AuthSettings(BaseModel):
+class AuthSettings(_Section):
     #: HMAC secret for tokens this node mints. Default: a random secret kept in ``<data_dir>/secret.key``.
     secret: str | None = None
     issuer: str = "interop"
@@ -106,6 +112,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _resolve(self) -> Settings:
+        _check_env_names(type(self))
         self.data_dir = self.data_dir.expanduser().absolute()
         if self.database_url is None:
             self.database_url = f"sqlite:///{self.data_dir / 'interop.db'}"
@@ -117,6 +124,19 @@ class Settings(BaseSettings):
     def db_url(self) -> str:
         assert self.database_url is not None
         return self.database_url
+
+
+def _check_env_names(cls: type[Settings]) -> None:
+    """Refuse ``INTEROP_*`` variables that name no setting (pydantic-settings would ignore them)."""
+    known = {"INTEROP_CONFIG"}
+    for name, info in cls.model_fields.items():
+        known.add(f"INTEROP_{name.upper()}")
+        sub = info.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            known.update(f"INTEROP_{name.upper()}__{f.upper()}" for f in sub.model_fields)
+    unknown = sorted(k for k in os.environ if k.upper().startswith("INTEROP_") and k.upper() not in known)
+    if unknown:
+        raise ValueError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
 
 
 @lru_cache(maxsize=1)
