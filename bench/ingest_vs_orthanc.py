@@ -1,12 +1,15 @@
 """C-STORE ingest: our node against Orthanc 1.10, same machine, same files, same storescu.
 
-Part 1, throughput. Both servers (and, as a ceiling, dcmtk ``storescp``, which only writes files: no index,
-no fsync) are started once on free loopback ports with fresh temporary storage. Each round makes a folder of
-``--n`` instances from pydicom's ``CT_small.dcm`` with fresh Study/Series/SOP Instance UIDs and sends it with
-one association, ``TCP_NODELAY=1 storescu +sd``, to each server in turn; the order rotates every round so
-neither side always goes first. The time is storescu's wall time; after each run the server is asked how many
-instances of that study it holds, and a run that lost instances is reported as an error. We print instances/s
-per round, the medians, and ours/Orthanc (ratio of medians, and the median of the per-round ratios).
+Part 1, throughput. Our node and Orthanc (the shipped ``orthanc/orthanc.json`` minus auto-routing: SQLite
+index, fsync on) are started once on free loopback ports with fresh temporary storage, next to three reference
+points: dcmtk ``storescp`` (writes files: no index, no fsync), and ``bench/bare_scp.py``, a bare pynetdicom SCP
+that either answers at once (``pynetdicom-noop``: what pynetdicom itself costs) or writes and fsyncs each file
+without an index (``pynetdicom-fsync``: the floor for a durable store on pynetdicom). Each round makes a folder
+of ``--n`` instances from pydicom's ``CT_small.dcm`` (39 KB) with fresh Study/Series/SOP Instance UIDs and sends
+it with one association, ``TCP_NODELAY=1 storescu +sd``, to each server in turn; the order rotates every round
+so no one always goes first. The time is storescu's wall time; after each run the server is asked how many
+instances of that study it holds, and a run that lost instances is an error. We print instances/s per round,
+the medians, and ours/Orthanc (ratio of medians, and the median of the per-round ratios).
 
 Part 2, memory. Peak resident memory of our DIMSE process (VmRSS / VmHWM from ``/proc/<pid>/status``, sampled
 every 10 ms) while it receives one study of ``--rss-n`` synthetic 512x512 CT instances (~0.5 MB each) in one
@@ -54,6 +57,8 @@ REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 INTEROP_AET = "INTEROP"
 ORTHANC_AET = "ORTHANC"
+#: interop and Orthanc are compared; the others are reference points (see the module docstring).
+ALL_SERVERS = ("interop", "orthanc", "storescp", "pynetdicom-fsync", "pynetdicom-noop")
 NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
@@ -320,8 +325,19 @@ def start_interop(work: Path) -> Server:
     auth = {"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"}
 
     def count(study_uid: str) -> int:
+        """Instances of the study the node holds: QIDO-RS, or the node's own study API where QIDO is absent."""
         q = urllib.parse.urlencode({"StudyInstanceUID": study_uid, "includefield": "00201208"})
-        found = http(f"{base}/dicomweb/studies?{q}", headers=auth) or []
+        try:
+            found = http(f"{base}/dicomweb/studies?{q}", headers=auth) or []
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+            try:
+                return int(http(f"{base}/api/studies/{study_uid}", headers=auth)["instance_count"])
+            except urllib.error.HTTPError as exc2:
+                if exc2.code == 404:
+                    return 0
+                raise
         if not found:
             return 0
         value = found[0].get("00201208", {}).get("Value")
@@ -361,6 +377,32 @@ def start_storescp(work: Path) -> Server:
         out.mkdir()
 
     server = Server("storescp", "STORESCP", port, proc, count, work / "storescp.log", f, stop_timeout=10)
+    server.extra["reset"] = reset
+    return server
+
+
+def start_bare(work: Path, mode: str) -> Server:
+    """bench/bare_scp.py: pynetdicom alone (``noop``) or pynetdicom + write and fsync, no index (``fsync``)."""
+    port = free_port()
+    out = work / f"bare-{mode}"
+    name = f"pynetdicom-{mode}"
+    proc, f = _spawn(
+        [sys.executable, str(REPO / "bench" / "bare_scp.py"), "--port", str(port), "--out", str(out), "--mode", mode],
+        NODELAY_ENV,
+        work / f"{name}.log",
+        work,
+    )
+    wait_port(port, proc, 60, name)
+
+    def count(study_uid: str) -> int:
+        return sum(1 for _ in out.iterdir()) if mode == "fsync" else -1
+
+    def reset() -> None:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir()
+
+    server = Server(name, "BARE", port, proc, count, work / f"{name}.log", f, stop_timeout=10)
     server.extra["reset"] = reset
     return server
 
@@ -490,12 +532,12 @@ def throughput(servers: list[Server], work: Path, n: int, rounds: int, timeout: 
                 s.extra["reset"]()
             elapsed = send(s, folder, timeout)
             got = s.count(study)
-            if got != n:
+            if got not in (n, -1):
                 wait_until(lambda s=s, study=study: s.count(study) == n, 10, f"{s.name} to index {n} instances")
             rate = n / elapsed
             rates[s.name].append(rate)
-            line.append(f"{s.name} {rate:6.1f}/s ({elapsed:5.2f} s)")
-        log(f"  round {r + 1}/{rounds}: " + "   ".join(line))
+            line.append(f"{s.name} {rate:.0f}")
+        log(f"  round {r + 1}/{rounds} (instances/s, in sending order): " + ", ".join(line))
         shutil.rmtree(folder)
     return rates
 
@@ -547,11 +589,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-n", type=int, default=1000, help="instances in the memory study (default 1000)")
     ap.add_argument("--big-mb", type=int, default=200, help="size of the single large instance (default 200)")
     ap.add_argument("--no-memory", action="store_true", help="skip part 2")
-    ap.add_argument("--no-storescp", action="store_true", help="leave out the dcmtk storescp ceiling")
+    ap.add_argument("--no-references", action="store_true", help="compare interop and Orthanc only")
     ap.add_argument(
         "--servers",
-        default="interop,orthanc,storescp",
-        help="comma-separated subset of interop,orthanc,storescp (default: all three)",
+        default=",".join(ALL_SERVERS),
+        help=f"comma-separated subset of {','.join(ALL_SERVERS)} (default: all)",
     )
     ap.add_argument("--timeout", type=float, default=300, help="limit for one storescu run, seconds")
     ap.add_argument("--workdir", type=Path, help="parent for the temporary folder (default: system temp)")
@@ -562,9 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("storescu", "storescp", "Orthanc"):
         system_tool(tool)  # exits with a hint when missing
     wanted = [x.strip() for x in a.servers.split(",") if x.strip()]
-    if a.no_storescp and "storescp" in wanted:
-        wanted.remove("storescp")
-    if unknown := set(wanted) - {"interop", "orthanc", "storescp"}:
+    if a.no_references:
+        wanted = [w for w in wanted if w in ("interop", "orthanc")]
+    if unknown := set(wanted) - set(ALL_SERVERS):
         sys.exit(f"unknown server(s): {', '.join(sorted(unknown))}")
     if "interop" in wanted and not (VENV_BIN / "interop").exists():
         sys.exit(f"{VENV_BIN / 'interop'} not found: run this with the project's venv python")
@@ -576,7 +618,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": info, "args": {k: str(v) for k, v in vars(a).items()}}
     try:
         log(f"starting servers in {work}")
-        starters = {"interop": start_interop, "orthanc": start_orthanc, "storescp": start_storescp}
+        starters: dict[str, Callable[[Path], Server]] = {
+            "interop": start_interop,
+            "orthanc": start_orthanc,
+            "storescp": start_storescp,
+            "pynetdicom-fsync": lambda w: start_bare(w, "fsync"),
+            "pynetdicom-noop": lambda w: start_bare(w, "noop"),
+        }
         for name in wanted:
             servers.append(starters[name](work))
             if name == "orthanc":
@@ -589,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         rates = throughput(servers, work, a.n, a.rounds, a.timeout)
         med = {k: statistics.median(v) for k, v in rates.items()}
         for k, v in rates.items():
-            log(f"  {k:8s} median {med[k]:6.1f} instances/s   (runs: {', '.join(f'{x:.1f}' for x in v)})")
+            log(f"  {k:16s} median {med[k]:6.1f} instances/s   (runs: {', '.join(f'{x:.1f}' for x in v)})")
         results["throughput"] = {"rates": rates, "median": med}
         if "interop" in rates and "orthanc" in rates:
             paired = [o / r for o, r in zip(rates["interop"], rates["orthanc"], strict=True)]
@@ -606,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"\nmemory: one association with {a.rss_n} synthetic 512x512 CT instances, then one "
                 f"{a.big_mb} MB instance (VmRSS from /proc/<pid>/status, sampled every 10 ms)"
             )
-            results["memory"] = memory([s for s in servers if s.name != "storescp"], work, a.rss_n, a.big_mb, a.timeout)
+            compared = [s for s in servers if s.name in ("interop", "orthanc")]
+            results["memory"] = memory(compared, work, a.rss_n, a.big_mb, a.timeout)
     finally:
         for s in reversed(servers):
             s.stop()

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -198,9 +199,20 @@ def main() -> int:
             auth = {"Authorization": f"Bearer {token}", "Accept": "application/dicom+json"}
 
             def node_count(study_uid: str) -> int:
+                """QIDO-RS on the node (its own /api/studies where QIDO is not there yet)."""
                 q = urllib.parse.urlencode({"StudyInstanceUID": study_uid})
-                if not http(f"{base}/dicomweb/studies?{q}", headers=auth):
-                    return 0
+                try:
+                    if not http(f"{base}/dicomweb/studies?{q}", headers=auth):
+                        return 0
+                except urllib.error.HTTPError as exc:
+                    if exc.code != 404:
+                        raise
+                    try:
+                        return int(http(f"{base}/api/studies/{study_uid}", headers=auth)["instance_count"])
+                    except urllib.error.HTTPError as exc2:
+                        if exc2.code == 404:
+                            return 0
+                        raise
                 return len(http(f"{base}/dicomweb/studies/{study_uid}/instances", headers=auth) or [])
 
         # ---- Orthanc
