@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def dicomdir_study() -> list[Path]:
-    """A real multi-series study: patient 77654033's first study in pydicom's ``dicomdirtests``."""
+    """Patient 77654033 in pydicom's ``dicomdirtests``: two real studies (CR, 3 series; CT, 1 series), 7 files."""
     root = Path(str(get_testdata_file("DICOMDIR"))).parent
     files = sorted(p for p in (root / "77654033").rglob("*") if p.is_file())
     assert files, "pydicom dicomdirtests files are missing"
@@ -40,9 +40,14 @@ def dicomdir_study() -> list[Path]:
 
 @pytest.fixture(scope="session")
 def dicomdir_all() -> list[Path]:
-    """All 31 instances (3 patients, several studies and series) of pydicom's ``dicomdirtests``."""
+    """All 31 instances (3 patient folders, 2 patient IDs, 6 studies) of pydicom's ``dicomdirtests``.
+
+    Only the numbered patient folders: the DICOMDIR variants, READMEs and ``TINY_ALPHA`` beside them are not
+    part of that set."""
     root = Path(str(get_testdata_file("DICOMDIR"))).parent
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+    files = sorted(p for d in root.iterdir() if d.is_dir() and d.name.isdigit() for p in d.rglob("*") if p.is_file())
+    assert len(files) == 31, f"expected 31 dicomdirtests instances, found {len(files)}"
+    return files
 
 
 # -- a real server process --------------------------------------------------------------------------------
