@@ -134,6 +134,45 @@ def handle_store(event: evt.Event, store: InstanceStore, sessions: _Sessions) ->
     return _status(result.status, result.comment if result.status else None)
 
 
+#: Patient-level attributes of the Patient Root model (PS3.4 C.6.1.1.2) and the counts derived from them.
+PATIENT_KEYS = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
+PATIENT_COUNTS = {
+    "NumberOfPatientRelatedStudies": "studies",
+    "NumberOfPatientRelatedSeries": "series",
+    "NumberOfPatientRelatedInstances": "instances",
+}
+
+
+def find_patients(session: Any, keys: list[str], params: list[tuple[str, str]]) -> list[Dataset]:
+    """PATIENT level of the Patient Root model (PS3.4 C.6.1.1.2): one response per Patient ID.
+
+    The index keeps patient attributes on the study row (Study Root), so this matches studies on the
+    patient attributes and folds them by Patient ID, summing the related-object counts (PS3.4 C.3.4).
+    """
+    q = parse_query("STUDY", [(k, v) for k, v in params if k in PATIENT_KEYS], strict=False)
+    studies = run_query(session, q, keywords=[*PATIENT_KEYS, "NumberOfStudyRelatedSeries",
+                                              "NumberOfStudyRelatedInstances"], keep_empty=True)
+    patients: dict[str, tuple[Dataset, dict[str, int]]] = {}
+    for st in studies:
+        pid = str(st.get("PatientID") or "")
+        ds, n = patients.setdefault(pid, (st, {"studies": 0, "series": 0, "instances": 0}))
+        n["studies"] += 1
+        n["series"] += int(st.get("NumberOfStudyRelatedSeries") or 0)
+        n["instances"] += int(st.get("NumberOfStudyRelatedInstances") or 0)
+    out: list[Dataset] = []
+    for st, n in patients.values():
+        ds = Dataset()
+        for kw in keys:
+            if kw in PATIENT_KEYS:
+                setattr(ds, kw, st.get(kw))
+            elif kw in PATIENT_COUNTS:
+                setattr(ds, kw, n[PATIENT_COUNTS[kw]])
+            else:  # asked for, but not a patient-level attribute: returned empty
+                setattr(ds, kw, None)
+        out.append(ds)
+    return out
+
+
 def handle_find(
     event: evt.Event, db: Database, header_reader: Callable[[str], Dataset], ae_title: str
 ) -> Iterator[tuple[int, Dataset | None]]:
@@ -141,11 +180,13 @@ def handle_find(
     try:
         identifier = event.identifier
         level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+        model = str(event.context.abstract_syntax)
     except Exception as exc:
         log.warning("C-FIND: undecodable identifier: %s", exc)
         yield STATUS_UNABLE_TO_PROCESS, None
         return
-    if level not in LEVELS:
+    patient_root = model == PatientRootQueryRetrieveInformationModelFind
+    if level not in LEVELS and not (level == "PATIENT" and patient_root):
         yield STATUS_IDENTIFIER_MISMATCH, None
         return
     keys: list[str] = []
@@ -159,9 +200,12 @@ def handle_find(
             value = elem.value
             params.append((kw, "\\".join(map(str, value)) if elem.VM > 1 else str(value)))
     try:
-        q = parse_query(cast(Level, level), params, strict=False)
         with db.reading() as s:
-            results = run_query(s, q, keywords=keys, header_reader=header_reader, keep_empty=True)
+            if level == "PATIENT":
+                results = find_patients(s, keys, params)
+            else:
+                q = parse_query(cast(Level, level), params, strict=False)
+                results = run_query(s, q, keywords=keys, header_reader=header_reader, keep_empty=True)
     except InteropError as exc:
         log.warning("C-FIND refused: %s", exc.message)
         yield STATUS_UNABLE_TO_PROCESS, None

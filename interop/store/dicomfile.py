@@ -108,6 +108,16 @@ def _meta_and_offset(fp: BinaryIO) -> tuple[Dataset, int]:
     return meta, fp.tell()
 
 
+def dataset_layout(path: Path) -> tuple[int, str]:
+    """Where the data set starts in a Part 10 file and its Transfer Syntax UID (from the file meta)."""
+    with open(path, "rb") as fp:
+        meta, offset = _meta_and_offset(fp)
+    tsuid = str(meta.get("TransferSyntaxUID", "") or "").strip()
+    if not tsuid:
+        raise UndecodableDataset("file meta has no Transfer Syntax UID (0002,0010)")
+    return offset, tsuid
+
+
 def read_header(path: Path) -> InstanceHeader:
     """Parse the file meta and indexed attributes; raise :class:`UndecodableDataset` or
     :class:`DatasetMismatch` (PS3.4 B.2.3 statuses C210 / A900) when the file can't be stored."""

@@ -36,6 +36,7 @@ from interop.store.db import Database
 from interop.store.dicomfile import (
     InstanceHeader,
     check_complete,
+    dataset_layout,
     name_search_key,
     read_header,
     same_dataset,
@@ -184,7 +185,13 @@ class InstanceStore:
         expected_sop_uid: str | None,
         session_key: str | None,
     ) -> StoreResult:
-        h = read_header(path)
+        try:
+            h = read_header(path)
+        except DatasetMismatch:
+            # A data set cut short loses attributes as well; report the more basic fault, the truncation
+            # (C210 rather than A900), when that is what happened.
+            check_complete(path, *dataset_layout(path))
+            raise
         if expected_sop_uid and expected_sop_uid.strip() != h.sop_uid:
             raise DatasetMismatch(
                 f"Affected SOP Instance UID {expected_sop_uid} differs from the data set's {h.sop_uid}",
