@@ -104,6 +104,13 @@ class NotAcceptable(InteropError):
     fhir_code = "not-supported"
 
 
+class UnsupportedMediaType(InvalidInput):
+    """The request payload's media type is not one this endpoint takes (HTTP 415; PS3.18 §10.5.3.1)."""
+
+    http_status = 415
+    fhir_code = "not-supported"
+
+
 class Unauthorized(InteropError):
     dimse_status = 0x0124  # Refused: not authorized
     http_status = 401
@@ -135,4 +142,5 @@ __all__ = [
     "SopClassNotSupported",
     "UndecodableDataset",
     "Unauthorized",
+    "UnsupportedMediaType",
 ]

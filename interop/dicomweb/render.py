@@ -1,0 +1,145 @@
+"""WADO-RS rendered and thumbnail resources (PS3.18 §10.4.1.1.3, §10.4.1.1.6, §8.3.5.1).
+
+A rendered frame is the decoded pixel data after the Modality LUT and the VOI (the ``window`` parameter,
+else the instance's own window or VOI LUT, else its full range), as ``image/jpeg`` (default) or
+``image/png`` per Accept or the ``accept`` parameter, scaled into ``viewport`` when given. We offer
+single-frame media types only: a rendered instance is its first frame, and rendered frames take one
+frame number. A rendered series or study is ``multipart/related`` with one rendered image per instance that
+has pixel data. Thumbnails are the rendered first frame (of the middle instance for a series or study)
+fitted into 128×128 unless a ``viewport`` says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from interop.api.deps import CanReadImaging, NodeDep
+from interop.dicomweb.common import accept_ranges, locate
+from interop.dicomweb.media import rendered_media_type
+from interop.dicomweb.multipart import Part, multipart_body, multipart_content_type, new_boundary, primed
+from interop.dicomweb.pixels import (
+    RenderOptions,
+    check_frames,
+    decoded_frame,
+    layout_of,
+    parse_frame_list,
+    parse_render_options,
+    render,
+)
+from interop.errors import InvalidInput, NotAcceptable, NotFound
+from interop.node import Node
+from interop.store.instances import StoredInstance
+
+router = APIRouter(tags=["dicomweb: WADO-RS rendered"])
+
+THUMBNAIL_VIEWPORT = "128,128"
+
+
+def options(request: Request, *, thumbnail: bool = False) -> RenderOptions:
+    media_type = rendered_media_type(accept_ranges(request))
+    if media_type is None:
+        raise NotAcceptable("rendered images are available as image/jpeg or image/png")
+    p = request.query_params
+    viewport = p.get("viewport") or (THUMBNAIL_VIEWPORT if thumbnail else None)
+    return parse_render_options(media_type, p.get("quality"), p.get("window"), viewport)
+
+
+def render_frame(node: Node, inst: StoredInstance, number: int, opts: RenderOptions) -> bytes:
+    """Frame ``number`` (1-based) of ``inst`` rendered; :class:`NotFound` if it has no such frame."""
+    layout = layout_of(node.blobs, inst.blob_key)
+    if layout is None:
+        raise NotFound(f"instance {inst.sop_uid} has no Pixel Data to render")
+    check_frames([number], layout)
+    arr = decoded_frame(node.blobs, inst.blob_key, number - 1)
+    return render(arr, node.store.read_header_dataset(inst.blob_key), opts)
+
+
+def _image(node: Node, inst: StoredInstance, number: int, opts: RenderOptions) -> Response:
+    return Response(render_frame(node, inst, number, opts), media_type=opts.media_type)
+
+
+def _with_pixels(node: Node, instances: list[StoredInstance]) -> list[StoredInstance]:
+    return [i for i in instances if layout_of(node.blobs, i.blob_key) is not None]
+
+
+def _representative(node: Node, instances: list[StoredInstance]) -> StoredInstance:
+    images = _with_pixels(node, instances)
+    if not images:
+        raise NotFound("nothing here has pixel data to render")
+    first_series = [i for i in images if i.series_uid == images[0].series_uid]
+    return first_series[len(first_series) // 2]
+
+
+def _rendered_many(node: Node, instances: list[StoredInstance], opts: RenderOptions) -> StreamingResponse:
+    images = _with_pixels(node, instances)
+    if not images:
+        raise NotFound("nothing here has pixel data to render")
+
+    def parts() -> Iterator[Part]:
+        for inst in images:
+            yield Part(opts.media_type, [render_frame(node, inst, 1, opts)])
+
+    boundary = new_boundary()
+    return StreamingResponse(multipart_body(primed(parts()), boundary),
+                             media_type=multipart_content_type(opts.media_type, boundary))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered", summary="Render an instance")
+def rendered_instance(
+    study: str, series: str, instance: str, request: Request, node: NodeDep, _: CanReadImaging
+) -> Response:
+    """Rendered Instance (PS3.18 §10.4.1.1.3): its first frame."""
+    (inst,) = locate(node, study, series, instance)
+    return _image(node, inst, 1, options(request))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
+            summary="Render a frame")
+def rendered_frames(
+    study: str, series: str, instance: str, frames: str, request: Request, node: NodeDep, _: CanReadImaging
+) -> Response:
+    """Rendered Frames (PS3.18 §10.4.1.1.3): one frame, since we offer single-frame media types only."""
+    numbers = parse_frame_list(frames)
+    if len(numbers) != 1:
+        raise InvalidInput("rendered frames: give one frame number (only single-frame media types are offered)",
+                           expression="frames")
+    (inst,) = locate(node, study, series, instance)
+    return _image(node, inst, numbers[0], options(request))
+
+
+@router.get("/studies/{study}/series/{series}/rendered", summary="Render a series")
+def rendered_series(study: str, series: str, request: Request, node: NodeDep, _: CanReadImaging) -> StreamingResponse:
+    """Rendered Series (PS3.18 §10.4.1.1.3): one rendered image per instance."""
+    return _rendered_many(node, locate(node, study, series), options(request))
+
+
+@router.get("/studies/{study}/rendered", summary="Render a study")
+def rendered_study(study: str, request: Request, node: NodeDep, _: CanReadImaging) -> StreamingResponse:
+    """Rendered Study (PS3.18 §10.4.1.1.3): one rendered image per instance."""
+    return _rendered_many(node, locate(node, study), options(request))
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail", summary="Instance thumbnail")
+def thumbnail_instance(
+    study: str, series: str, instance: str, request: Request, node: NodeDep, _: CanReadImaging
+) -> Response:
+    """Instance Thumbnail (PS3.18 §10.4.1.1.6)."""
+    (inst,) = locate(node, study, series, instance)
+    return _image(node, inst, 1, options(request, thumbnail=True))
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail", summary="Series thumbnail")
+def thumbnail_series(study: str, series: str, request: Request, node: NodeDep, _: CanReadImaging) -> Response:
+    """Series Thumbnail (PS3.18 §10.4.1.1.6): the middle instance's first frame."""
+    inst = _representative(node, locate(node, study, series))
+    return _image(node, inst, 1, options(request, thumbnail=True))
+
+
+@router.get("/studies/{study}/thumbnail", summary="Study thumbnail")
+def thumbnail_study(study: str, request: Request, node: NodeDep, _: CanReadImaging) -> Response:
+    """Study Thumbnail (PS3.18 §10.4.1.1.6): the middle instance of the first series with images."""
+    inst = _representative(node, locate(node, study))
+    return _image(node, inst, 1, options(request, thumbnail=True))
