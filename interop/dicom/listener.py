@@ -11,6 +11,7 @@ committed the index row.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -225,7 +226,20 @@ def handle_find(
 
 
 def handle_close(event: evt.Event, sessions: _Sessions) -> None:
+    """The connection is gone (released, aborted or dropped): end the assembly session, and remove the
+    file of a data set that was still arriving, which pynetdicom would otherwise leave in the store's
+    temporary directory until the next start-up."""
     sessions.close(event.assoc)
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    partial = getattr(message, "_data_set_file", None)  # pynetdicom's NamedTemporaryFile (STORE_RECV_CHUNKED)
+    if partial is not None:
+        try:
+            partial.close()
+            os.unlink(partial.name)
+            log.warning("association from %s ended inside a C-STORE data set; discarded the partial data",
+                        event.assoc.requestor.ae_title)
+        except OSError as exc:
+            log.warning("could not remove partial receive file %s: %s", partial.name, exc)
 
 
 # -- server --------------------------------------------------------------------------------------------

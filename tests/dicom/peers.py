@@ -144,13 +144,15 @@ def send(server: ServerProc, *paths: Path, ae_title: str = "PYSCU") -> list[int]
 
 def fresh_instance(src: Path, dest_dir: Path, *, study_uid: str | None = None, series_uid: str | None = None,
                    **attrs: Any) -> Path:
-    """A copy of ``src`` with a new SOP Instance UID (and the given study/series UIDs and attributes)."""
+    """A copy of ``src`` with a new SOP Instance UID and the given attributes. Given a study UID, the copy
+    goes into a new series of that study unless a series UID is given too (a series belongs to one study)."""
     ds = dcmread(src)
     ds.SOPInstanceUID = generate_uid()
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     if study_uid:
         ds.StudyInstanceUID = study_uid
-    if series_uid:
+        ds.SeriesInstanceUID = series_uid or generate_uid()
+    elif series_uid:
         ds.SeriesInstanceUID = series_uid
     for k, v in attrs.items():
         setattr(ds, k, v)

@@ -7,11 +7,14 @@ PS3.8 §9.3.4 (A-ASSOCIATE-RJ result/source/reason).
 from __future__ import annotations
 
 import time
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityWorklistInformationFind,
     Verification,
@@ -21,6 +24,7 @@ from tests.conftest import ServerProc
 from tests.dicom.peers import (
     association,
     blob_files,
+    contexts_for,
     counts,
     ct_small,
     dataset_bytes,
@@ -30,6 +34,7 @@ from tests.dicom.peers import (
     send,
     temp_files,
 )
+from tests.support import sample_file
 
 pytestmark = pytest.mark.peer
 
@@ -84,6 +89,16 @@ def test_c_store_uid_differing_from_command_refused_a900(server: ServerProc, tmp
     ds.save_as(path)
     assert send(server, path) == [0xA900]
     assert counts(server) == (0, 0, 0)
+
+
+def test_c_store_series_of_another_study_refused_a900(server: ServerProc, tmp_path: Path) -> None:
+    """A Series Instance UID belongs to one study; a second study claiming it is refused, not cross-linked."""
+    first = fresh_instance(ct_small(), tmp_path / "a")
+    series_uid = str(dcmread(first, stop_before_pixels=True).SeriesInstanceUID)
+    intruder = fresh_instance(ct_small(), tmp_path / "b", study_uid=generate_uid(), series_uid=series_uid)
+    assert send(server, first, intruder) == [0x0000, 0xA900]
+    assert counts(server) == (1, 1, 1)
+    assert len(blob_files(server)) == 1
 
 
 def test_associate_unsupported_abstract_syntax_context_rejected(server: ServerProc) -> None:
@@ -168,3 +183,33 @@ def test_associate_beyond_max_associations_rejected(server_factory: type) -> Non
         time.sleep(0.1)  # the released association's thread ends asynchronously
     assert out.returncode == 0, out.stderr
 
+
+
+def test_abort_mid_data_set_leaves_no_partial_file(server: ServerProc) -> None:
+    """A peer that aborts (or dies) in the middle of a data set: the partial receive file is removed at once,
+    not left in ``blobs/tmp`` until the next restart; nothing is indexed; the node keeps serving."""
+    src = sample_file("RG1_UNCI.dcm")  # 7 MB: many P-DATA PDUs
+    with association(server, contexts_for(src)) as assoc:
+        req = C_STORE()
+        req.MessageID, req.Priority = 1, 2
+        h = dcmread(src, stop_before_pixels=True)
+        req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = h.SOPClassUID, h.SOPInstanceUID
+        req.DataSet = BytesIO(dataset_bytes(src))
+        msg = C_STORE_RQ()
+        msg.primitive_to_message(req)
+        cx_id = assoc.accepted_contexts[0].context_id
+        for n, pdata in enumerate(msg.encode_msg(cx_id, 16384)):
+            if n == 20:  # the command and part of the data set are on the wire
+                break
+            assoc.dul.send_pdu(pdata)
+        deadline = time.monotonic() + 5
+        while not temp_files(server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert temp_files(server), "the node should be receiving into a temporary file"
+        assoc.abort()
+    deadline = time.monotonic() + 5
+    while temp_files(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert temp_files(server) == []
+    assert counts(server) == (0, 0, 0)
+    _assert_still_serving(server)
