@@ -144,6 +144,7 @@ class InstanceStore:
         *,
         duplicate_policy: DuplicatePolicy = "keep-first",
         on_study_touched: Callable[[str, str | None], None] | None = None,
+        clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self.db = db
         self.blobs = blobs
@@ -151,6 +152,8 @@ class InstanceStore:
         #: Called with (study_uid, session key) before the index commit, so study assembly knows that a
         #: session is delivering to the study.
         self.on_study_touched = on_study_touched
+        #: Stamps arrivals (``last_received_at``); study assembly compares it with its own clock.
+        self.clock = clock
         self._header_cache = lru_cache(maxsize=2048)(self._read_header_uncached)
 
     # -- ingest ---------------------------------------------------------------------------------------
@@ -262,12 +265,22 @@ class InstanceStore:
         self, h: InstanceHeader, key: str, source: str, calling_ae: str | None, replace: Instance | None
     ) -> str | None:
         """Commit the index rows; returns the blob key an overwrite made obsolete."""
-        now = _utcnow()
+        now = self.clock()
         with self.db.writing() as s:
             _insert_ignore(s, Study, _study_values(h, now), "study_uid")
             study = s.scalars(select(Study).where(Study.study_uid == h.study_uid)).one()
             _insert_ignore(s, Series, _series_values(h, study.id), "series_uid")
-            series_pk = s.scalars(select(Series.id).where(Series.series_uid == h.series_uid)).one()
+            series_pk, series_study_pk = s.execute(
+                select(Series.id, Series.study_pk).where(Series.series_uid == h.series_uid)
+            ).one()
+            if series_study_pk != study.id:
+                # A Series Instance UID is unique to one study (PS3.3 C.7.3.1); filing it under a second
+                # study would tear the hierarchy that queries and retrieval walk.
+                other = s.scalar(select(Study.study_uid).where(Study.id == series_study_pk))
+                raise DatasetMismatch(
+                    f"Series Instance UID {h.series_uid} is already stored under study {other}, not {h.study_uid}",
+                    expression="SeriesInstanceUID",
+                )
             if study.state != "receiving":
                 s.add(StudyEvent(study_uid=h.study_uid, kind="reopened", at=now, detail=f"instance {h.sop_uid}"))
                 study.state = "receiving"
