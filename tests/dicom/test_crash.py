@@ -72,7 +72,14 @@ def _send_and_kill(server: ServerProc, folder: Path) -> tuple[set[str], str]:
     return acked, "".join(lines)
 
 
-def test_kill_during_c_store_loses_nothing_acknowledged(server: ServerProc, tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def node(request: pytest.FixtureRequest, server_factory: type) -> ServerProc:
+    env = {"INTEROP_DATABASE_URL": request.getfixturevalue("postgres_url")} if request.param == "postgresql" else {}
+    return server_factory(env)  # type: ignore[no-any-return,operator]
+
+
+def test_kill_during_c_store_loses_nothing_acknowledged(node: ServerProc, tmp_path: Path) -> None:
+    server = node
     study_uid, sent = _make_series(tmp_path / "series", N_INSTANCES)
     acked, log = _send_and_kill(server, tmp_path / "series")
     assert KILL_AFTER <= len(acked) < N_INSTANCES, f"the kill must land mid-transfer:\n{log[-2000:]}"
