@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from interop.api import errors, health, studies
-from interop.dicomweb import router as dicomweb_router
 from interop.node import Node
 
 
 def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     """Build the app around ``node``; with ``manage_node`` the app's lifespan starts and stops it."""
+    # Imported here: the DICOMweb routers use interop.api.deps, so a module-level import would be circular
+    # whenever interop.dicomweb is imported before interop.api.
+    from interop.dicomweb import router as dicomweb_router
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

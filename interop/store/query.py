@@ -412,7 +412,8 @@ def run_query(
             key = representative_blob(session, m)
             header = header_reader(key) if key is not None else Dataset()
             for kw in extra:
-                elem = header.data_element(kw)
+                tag = tag_for_keyword(kw)
+                elem = header.get(tag) if tag is not None else None  # absent: None (data_element raises)
                 if elem is not None:
                     ds[elem.tag] = elem
                 elif keep_empty:
