@@ -242,6 +242,8 @@ class _Walker:
             if length == _UNDEFINED:
                 if tag == 0x7FE00010:
                     self._fragments()
+                elif vr == b"UN":
+                    self._implicit_sequence_items()
                 else:
                     self._sequence_items()
             elif vr == b"SQ" or (not self.explicit and tag != 0x7FE00010 and self._peek_is_item(length)):
@@ -284,6 +286,16 @@ class _Walker:
                 self.dataset(until_item_delimiter=True)
             else:
                 self._skip(item_len)
+
+    def _implicit_sequence_items(self) -> None:
+        # PS3.5 §6.2.2: a UN value of undefined length is a sequence whose items are Implicit VR Little Endian,
+        # whatever the transfer syntax of the data set around it.
+        saved = self.explicit, self.endian
+        self.explicit, self.endian = False, "<"
+        try:
+            self._sequence_items()
+        finally:
+            self.explicit, self.endian = saved
 
     def _fragments(self) -> None:
         while True:

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy
 import pytest
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from interop.store.dicomfile import check_complete
 from tests.conftest import ServerProc
 from tests.dicom.peers import (
+    association,
     blob_files,
+    contexts_for,
     counts,
     dataset_bytes,
     echoscu,
     index,
     send,
+    send_files,
     store_responses,
     storescu,
     storescu_as_received,
@@ -120,3 +125,37 @@ def test_raw_c_store_data_set_stored_byte_for_byte(server: ServerProc, name: str
     assert send(server, src) == [0x0000]
     (row,) = index(server)
     assert dataset_bytes(row.blob_path) == dataset_bytes(src)
+
+
+def _with_un_sequence(tmp_path: Path) -> Path:
+    """CT_small's attributes below group 0029, then a private UN element of undefined length: a sequence
+    that PS3.5 §6.2.2 says is encoded Implicit VR Little Endian inside this Explicit VR data set."""
+    ds = dcmread(sample_file("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for elem in list(ds):
+        if elem.tag.group >= 0x0029:
+            del ds[elem.tag]
+    path = tmp_path / "un-sequence.dcm"
+    ds.save_as(path)
+    item_element = struct.pack("<HHL", 0x0029, 0x1001, 4) + b"ABCD"  # implicit VR: tag, 4-byte length
+    item = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + item_element + struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+    creator = struct.pack("<HH", 0x0029, 0x0010) + b"LO" + struct.pack("<H", 4) + b"ACME"
+    un = struct.pack("<HH", 0x0029, 0x1010) + b"UN\0\0" + struct.pack("<L", 0xFFFFFFFF) + item
+    path.write_bytes(path.read_bytes() + creator + un + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0))
+    return path
+
+
+def test_c_store_un_sequence_of_undefined_length_stored(server: ServerProc, tmp_path: Path) -> None:
+    path = _with_un_sequence(tmp_path)
+    assert send(server, path) == [0x0000]
+    (row,) = index(server)
+    assert dataset_bytes(row.blob_path) == dataset_bytes(path)
+
+
+def test_c_store_truncated_inside_un_sequence_refused_c210(server: ServerProc, tmp_path: Path) -> None:
+    path = _with_un_sequence(tmp_path)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(path.read_bytes()[:-12])  # inside the item: no item or sequence delimiter
+    with association(server, contexts_for(path)) as assoc:
+        assert send_files(assoc, cut) == [0xC210]
+    assert counts(server) == (0, 0, 0)
