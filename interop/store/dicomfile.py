@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -24,7 +25,10 @@ from interop.errors import DatasetMismatch, UndecodableDataset
 
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-DEFLATED_TS = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
+#: Transfer syntaxes whose whole data set is deflated (PS3.5 §A.5): Deflated Explicit VR Little Endian and
+#: JPIP Referenced Deflate. (Deflated Image *Frame* Compression, 1.2.840.10008.1.2.8.1, deflates only the
+#: frames; its data set is plain Explicit VR Little Endian.)
+DEFLATED_TS = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95")
 
 # VRs with a 2-byte reserved field and a 4-byte length in explicit VR (PS3.5 Table 7.1-1).
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -312,14 +316,17 @@ def check_complete(path: Path, dataset_offset: int, transfer_syntax_uid: str) ->
     """Raise :class:`UndecodableDataset` unless every element of the data set is wholly present."""
     end = path.stat().st_size
     with open(path, "rb") as fp:
+        fp.seek(dataset_offset)
         if transfer_syntax_uid in DEFLATED_TS:
-            fp.seek(dataset_offset)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
             try:
-                zlib.decompressobj(-zlib.MAX_WBITS).decompress(fp.read())
+                inflated = inflater.decompress(fp.read())
             except zlib.error as exc:
                 raise UndecodableDataset(f"deflated data set is corrupt: {exc}") from exc
+            if not inflater.eof:  # zlib accepts a cut stream silently; only the end marker proves it whole
+                raise UndecodableDataset("deflated data set is truncated (no end of the deflate stream)")
+            _Walker(io.BytesIO(inflated), len(inflated), explicit=True, little=True).dataset(until_item_delimiter=False)
             return
-        fp.seek(dataset_offset)
         walker = _Walker(
             fp,
             end,

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import struct
+import zlib
 from pathlib import Path
 
 import numpy
 import pytest
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
-from interop.store.dicomfile import check_complete
+from interop.store.dicomfile import check_complete, dataset_layout
 from tests.conftest import ServerProc
 from tests.dicom.peers import (
     association,
@@ -159,3 +160,26 @@ def test_c_store_truncated_inside_un_sequence_refused_c210(server: ServerProc, t
     with association(server, contexts_for(path)) as assoc:
         assert send_files(assoc, cut) == [0xC210]
     assert counts(server) == (0, 0, 0)
+
+
+def test_c_store_deflated_data_set_stored_and_truncated_refused(server: ServerProc, tmp_path: Path) -> None:
+    """Deflated Explicit VR Little Endian (PS3.5 §A.5): stored as received; cut short, refused C210 (a cut
+    deflate stream inflates without any zlib error, so the end of the stream must be checked)."""
+    ds = dcmread(sample_file("CT_small.dcm"))
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    whole = tmp_path / "deflated.dcm"
+    ds.save_as(whole, enforce_file_format=True)
+    offset, _ = dataset_layout(whole)
+    cut_stream = tmp_path / "deflated-cut-stream.dcm"
+    cut_stream.write_bytes(whole.read_bytes()[:-2000])
+    # A whole deflate stream of a data set that was cut inside its pixel data before deflating.
+    plain = zlib.decompress(whole.read_bytes()[offset:], -zlib.MAX_WBITS)
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    cut_inside = tmp_path / "deflated-cut-inside.dcm"
+    cut_inside.write_bytes(whole.read_bytes()[:offset] + packer.compress(plain[:-5000]) + packer.flush())
+    with association(server, contexts_for(whole)) as assoc:
+        assert send_files(assoc, cut_stream, cut_inside, whole) == [0xC210, 0xC210, 0x0000]
+    (row,) = index(server)
+    assert row.transfer_syntax_uid == DeflatedExplicitVRLittleEndian
+    assert dataset_bytes(row.blob_path) == dataset_bytes(whole)
