@@ -8,6 +8,8 @@ temporary file, ``STORE_RECV_CHUNKED_DATASET``; TCP_NODELAY on; no PDU size limi
 * ``fsync``: moves the file into ``--out`` and fsyncs it and its folder, no index (the floor for a durable
   store built on pynetdicom).
 
+``--poll-ms 0.2`` caps the 1 ms sleeps of pynetdicom's polling reactors, to show what they cost.
+
     python bench/bare_scp.py --port 11113 --out /tmp/bare --mode fsync
 """
 
@@ -34,13 +36,36 @@ class _NoDelayServer(ThreadedAssociationServer):
         return client, address
 
 
+def cap_reactor_sleep(seconds: float) -> None:
+    """Make pynetdicom's polling reactors sleep at most ``seconds`` per loop (an experiment, not a fix)."""
+    import time
+    import types
+
+    import pynetdicom.association
+    import pynetdicom.dul
+
+    real_sleep = time.sleep
+    patched = types.ModuleType("time")
+    patched.__dict__.update(time.__dict__)
+    patched.sleep = lambda s: real_sleep(min(s, seconds))  # type: ignore[attr-defined]
+    pynetdicom.association.time = patched  # type: ignore[attr-defined]
+    pynetdicom.dul.time = patched  # type: ignore[attr-defined]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--mode", choices=["noop", "fsync"], default="fsync")
     ap.add_argument("--aet", default="BARE")
+    ap.add_argument(
+        "--poll-ms",
+        type=float,
+        help="cap pynetdicom's reactor sleeps (1 ms polls in its DUL and association loops) at this many ms",
+    )
     a = ap.parse_args()
+    if a.poll_ms is not None:
+        cap_reactor_sleep(a.poll_ms / 1000)
     a.out.mkdir(parents=True, exist_ok=True)
     _config.STORE_RECV_CHUNKED_DATASET = True
 

@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -169,6 +170,63 @@ def listener_pid(root: int, port: int) -> int:
                     if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
                         return pid
     return root
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores; idle and iowait excluded)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by ``root`` and its live descendants (all threads)."""
+    total = 0
+    for pid in descendants(root):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            with open(f"/proc/{pid}/stat") as f:
+                parts = f.read().rsplit(")", 1)[1].split()
+            total += int(parts[11]) + int(parts[12])  # utime, stime
+    return total / CLK_TCK
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children (storescu)."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+class ForeignLoad:
+    """CPU used by processes that are not part of the benchmark, over a span of time, as cores busy."""
+
+    def __init__(self, roots: list[int]):
+        self.roots = roots
+
+    def _ours(self) -> float:
+        return own_cpu_s() + sum(tree_cpu_s(r) for r in self.roots)
+
+    def __enter__(self) -> ForeignLoad:
+        self.t0, self.busy0, self.ours0 = time.perf_counter(), machine_busy_s(), self._ours()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.t0
+        foreign = (machine_busy_s() - self.busy0) - (self._ours() - self.ours0)
+        self.cores = max(0.0, foreign) / wall if wall > 0 else 0.0
+
+
+def settle(roots: list[int], limit: float, max_wait: float) -> float:
+    """Wait (up to ``max_wait`` s) until other processes use less than ``limit`` cores; return that load."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        with ForeignLoad(roots) as load:
+            time.sleep(0.5)
+        if load.cores < limit or time.monotonic() > deadline:
+            return load.cores
 
 
 # --------------------------------------------------------------------------- test data
@@ -520,26 +578,50 @@ def machine() -> dict[str, str]:
     }
 
 
-def throughput(servers: list[Server], work: Path, n: int, rounds: int, timeout: float) -> dict[str, list[float]]:
+def throughput(
+    servers: list[Server], work: Path, n: int, rounds: int, timeout: float, settle_limit: float, retries: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per server, instances/s of each round, and the other processes' CPU load (cores) during each run.
+
+    A run during which other processes kept more than ``settle_limit`` cores busy is repeated (with fresh
+    UIDs) up to ``retries`` times; the last attempt counts either way, and its load is reported.
+    """
     rates: dict[str, list[float]] = {s.name: [] for s in servers}
+    foreign: dict[str, list[float]] = {s.name: [] for s in servers}
+    roots = [s.proc.pid for s in servers if s.proc is not None]
     for r in range(rounds):
         folder = work / f"round{r}"
         study = make_ct_small_study(folder, n, f"R{r}")
         order = servers[r % len(servers) :] + servers[: r % len(servers)]
         line = []
         for s in order:
-            if "reset" in s.extra:
-                s.extra["reset"]()
-            elapsed = send(s, folder, timeout)
-            got = s.count(study)
-            if got not in (n, -1):
-                wait_until(lambda s=s, study=study: s.count(study) == n, 10, f"{s.name} to index {n} instances")
+            for attempt in range(retries + 1):
+                if attempt:
+                    shutil.rmtree(folder)
+                    study = make_ct_small_study(folder, n, f"R{r}A{attempt}")
+                if "reset" in s.extra:
+                    s.extra["reset"]()
+                if settle_limit > 0:
+                    settle(roots, settle_limit, 30)
+                with ForeignLoad(roots) as load:
+                    elapsed = send(s, folder, timeout)
+                got = s.count(study)
+                if got not in (n, -1):
+                    wait_until(lambda s=s, study=study: s.count(study) == n, 10, f"{s.name} to index {n} instances")
+                if settle_limit <= 0 or load.cores < settle_limit:
+                    break
             rate = n / elapsed
             rates[s.name].append(rate)
-            line.append(f"{s.name} {rate:.0f}")
+            foreign[s.name].append(load.cores)
+            notes = []
+            if load.cores >= 0.1:
+                notes.append(f"others busy {load.cores:.2f} cores")
+            if attempt:
+                notes.append(f"attempt {attempt + 1}")
+            line.append(f"{s.name} {rate:.0f}" + (f" ({', '.join(notes)})" if notes else ""))
         log(f"  round {r + 1}/{rounds} (instances/s, in sending order): " + ", ".join(line))
         shutil.rmtree(folder)
-    return rates
+    return rates, foreign
 
 
 def fmt_mib(kib: int | None) -> str:
@@ -595,6 +677,14 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(ALL_SERVERS),
         help=f"comma-separated subset of {','.join(ALL_SERVERS)} (default: all)",
     )
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=0.15,
+        help="before each run wait (up to 30 s) until other processes use fewer cores than this, and repeat a "
+        "run during which they used more (0: neither)",
+    )
+    ap.add_argument("--retries", type=int, default=3, help="repeats of a disturbed run (default 3)")
     ap.add_argument("--timeout", type=float, default=300, help="limit for one storescu run, seconds")
     ap.add_argument("--workdir", type=Path, help="parent for the temporary folder (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, storage)")
@@ -634,11 +724,16 @@ def main(argv: list[str] | None = None) -> int:
             f"\nthroughput: {a.rounds} rounds x {a.n} CT_small instances, one association each, "
             "TCP_NODELAY=1 storescu +sd"
         )
-        rates = throughput(servers, work, a.n, a.rounds, a.timeout)
+        rates, foreign = throughput(servers, work, a.n, a.rounds, a.timeout, a.settle, a.retries)
         med = {k: statistics.median(v) for k, v in rates.items()}
         for k, v in rates.items():
             log(f"  {k:16s} median {med[k]:6.1f} instances/s   (runs: {', '.join(f'{x:.1f}' for x in v)})")
-        results["throughput"] = {"rates": rates, "median": med}
+        results["throughput"] = {"rates": rates, "median": med, "foreign_load_cores": foreign}
+        worst = max(max(v) for v in foreign.values())
+        log(
+            f"  other processes on the machine used at most {worst:.2f} cores during a run"
+            + ("  <-- results disturbed; rerun on a quiet machine" if worst >= max(0.25, a.settle) else "")
+        )
         if "interop" in rates and "orthanc" in rates:
             paired = [o / r for o, r in zip(rates["interop"], rates["orthanc"], strict=True)]
             log(
