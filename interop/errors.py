@@ -25,10 +25,15 @@ class InteropError(Exception):
     hl7_ack: ClassVar[str] = "AE"
     hl7_error_code: ClassVar[str] = "207"  # Application internal error
 
-    def __init__(self, message: str, *, expression: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, expression: str | None = None, identity: tuple[str | None, str | None] = (None, None)
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.expression = expression
+        #: (SOP Class UID, SOP Instance UID) of the instance the error is about, where they could be read
+        #: (STOW-RS reports them in the FailedSOPSequence item, PS3.18 Annex I).
+        self.identity = identity
 
     def operation_outcome(self) -> dict[str, Any]:
         """FHIR R4 OperationOutcome (JSON) describing this error."""

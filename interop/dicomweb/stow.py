@@ -31,9 +31,8 @@ from interop.dicomweb.common import dicom_json, dicomweb_base
 from interop.dicomweb.dicomjson import Json, instance_url, study_url
 from interop.dicomweb.media import DICOM, parse_media_type, stow_boundary
 from interop.dicomweb.multipart import MultipartReceiver, ReceivedPart
-from interop.errors import DatasetMismatch, InteropError, InvalidInput
+from interop.errors import InteropError, InvalidInput
 from interop.node import Node
-from interop.store.dicomfile import read_header
 from interop.store.instances import SUCCESS, StoreResult
 
 log = logging.getLogger(__name__)
@@ -107,25 +106,20 @@ def ingest_parts(node: Node, parts: list[ReceivedPart], study: str | None, sessi
     stored: list[StoreResult] = []
     failed: list[Failure] = []
     for part in parts:
-        sop_class = sop_uid = None
         try:
             content_type = part.content_type
             if content_type is not None and parse_media_type(content_type).type != DICOM:
                 raise InvalidInput(f"part has Content-Type {content_type}, not application/dicom")
-            header = read_header(part.path)
-            sop_class, sop_uid = header.sop_class_uid, header.sop_uid
-            if study is not None and header.study_uid != study:
-                raise DatasetMismatch(
-                    f"Study Instance UID {header.study_uid} differs from the study {study} in the request URL",
-                    expression="StudyInstanceUID",
-                )
-            stored.append(node.store.ingest(part.path, source="stow", session_key=session))
+            stored.append(
+                node.store.ingest(part.path, source="stow", expected_study_uid=study, session_key=session)
+            )
         except InteropError as exc:
+            sop_class, sop_uid = exc.identity
             log.warning("STOW-RS part %s not stored (%04X): %s", sop_uid or "?", exc.dimse_status, exc.message)
             failed.append(Failure(exc.dimse_status, exc.message, sop_class, sop_uid))
         except Exception as exc:
-            log.exception("STOW-RS part %s failed", sop_uid or "?")
-            failed.append(Failure(PROCESSING_FAILURE, str(exc), sop_class, sop_uid))
+            log.exception("STOW-RS part failed")
+            failed.append(Failure(PROCESSING_FAILURE, str(exc)))
         finally:
             part.path.unlink(missing_ok=True)
     return stored, failed

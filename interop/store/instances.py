@@ -20,23 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import Connection, CursorResult, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from interop.config import DuplicatePolicy
-from interop.errors import DatasetMismatch, DuplicateInstance, NotFound
+from interop.errors import DatasetMismatch, DuplicateInstance
 from interop.store.blobs import BlobStore
 from interop.store.db import Database
 from interop.store.dicomfile import (
     InstanceHeader,
-    check_complete,
-    dataset_layout,
     name_search_key,
     read_header,
     same_dataset,
@@ -46,6 +43,10 @@ from interop.store.models import Instance, Series, Study, StudyEvent
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
+_PK_CACHE_SIZE = 10_000
+_STUDIES = cast(Table, Study.__table__)
+_INSTANCES = cast(Table, Instance.__table__)
+_EVENTS = cast(Table, StudyEvent.__table__)
 WARNING_ELEMENTS_DISCARDED = 0xB006
 
 
@@ -80,10 +81,9 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _insert_ignore(session: Session, model: type[Any], values: dict[str, Any], key: str) -> None:
-    dialect = session.get_bind().dialect.name
-    ins: Any = postgresql.insert(model) if dialect == "postgresql" else sqlite.insert(model)
-    session.execute(ins.values(**values).on_conflict_do_nothing(index_elements=[key]))
+def _insert_ignore(conn: Connection, model: type[Any], values: dict[str, Any], key: str) -> None:
+    ins: Any = postgresql.insert(model) if conn.dialect.name == "postgresql" else sqlite.insert(model)
+    conn.execute(ins.values(**values).on_conflict_do_nothing(index_elements=[key]))
 
 
 def _study_values(h: InstanceHeader, now: dt.datetime) -> dict[str, Any]:
@@ -155,6 +155,9 @@ class InstanceStore:
         #: Stamps arrivals (``last_received_at``); study assembly compares it with its own clock.
         self.clock = clock
         self._header_cache = lru_cache(maxsize=2048)(self._read_header_uncached)
+        #: Committed primary keys by UID, so a study's later instances skip the look-ups.
+        self._study_pks: dict[str, int] = {}
+        self._series_pks: dict[str, tuple[int, int]] = {}
 
     # -- ingest ---------------------------------------------------------------------------------------
 
@@ -166,15 +169,21 @@ class InstanceStore:
         calling_ae: str | None = None,
         expected_sop_class: str | None = None,
         expected_sop_uid: str | None = None,
+        expected_study_uid: str | None = None,
         session_key: str | None = None,
     ) -> StoreResult:
         """Store the Part 10 file at ``path`` (which this call consumes) and return the outcome.
+
+        ``expected_*`` are what the request said the instance is (the C-STORE command's Affected SOP
+        Class/Instance UID, the study of a STOW-RS URL); a data set that says otherwise is refused (A900).
 
         Raises an :class:`~interop.errors.InteropError` subclass when it can't be stored; the file is
         removed either way.
         """
         try:
-            return self._ingest(path, source, calling_ae, expected_sop_class, expected_sop_uid, session_key)
+            return self._ingest(
+                path, source, calling_ae, expected_sop_class, expected_sop_uid, expected_study_uid, session_key
+            )
         finally:
             if path.exists():
                 path.unlink(missing_ok=True)
@@ -186,123 +195,156 @@ class InstanceStore:
         calling_ae: str | None,
         expected_sop_class: str | None,
         expected_sop_uid: str | None,
+        expected_study_uid: str | None,
         session_key: str | None,
     ) -> StoreResult:
-        try:
-            h = read_header(path)
-        except DatasetMismatch:
-            # A data set cut short loses attributes as well; report the more basic fault, the truncation
-            # (C210 rather than A900), when that is what happened.
-            check_complete(path, *dataset_layout(path))
-            raise
+        # One pass: a data set cut short anywhere is refused (C210) before any attribute is judged (A900).
+        h = read_header(path)
+        identity = (h.sop_class_uid, h.sop_uid)
         if expected_sop_uid and expected_sop_uid.strip() != h.sop_uid:
             raise DatasetMismatch(
                 f"Affected SOP Instance UID {expected_sop_uid} differs from the data set's {h.sop_uid}",
-                expression="SOPInstanceUID",
+                expression="SOPInstanceUID", identity=identity,
             )
         if expected_sop_class and expected_sop_class.strip() != h.sop_class_uid:
             raise DatasetMismatch(
                 f"Affected SOP Class UID {expected_sop_class} differs from the data set's {h.sop_class_uid}",
-                expression="SOPClassUID",
+                expression="SOPClassUID", identity=identity,
             )
-        check_complete(path, h.dataset_offset, h.transfer_syntax_uid)
-
-        replace: Instance | None = None
-        existing = self._find(h.sop_uid)
-        if existing is not None:
-            outcome = self._duplicate(existing, path, h)
-            if outcome is not None:
-                return outcome
-            replace = existing
-
+        if expected_study_uid and expected_study_uid.strip() != h.study_uid:
+            raise DatasetMismatch(
+                f"Study Instance UID {h.study_uid} differs from the study {expected_study_uid} of the request",
+                expression="StudyInstanceUID", identity=identity,
+            )
         if self.on_study_touched is not None:
             self.on_study_touched(h.study_uid, session_key)
         key = self.blobs.new_key()
         self.blobs.put_file(path, key)
         try:
-            old_key = self._index(h, key, source, calling_ae, replace)
-        except IntegrityError:
-            # Another session stored the same SOP Instance UID between our look-up and our commit.
-            self.blobs.delete(key)
-            again = self._find(h.sop_uid)
-            if again is None:
-                raise
-            return StoreResult(SUCCESS, h.sop_class_uid, h.sop_uid, h.study_uid, h.series_uid, stored=False,
-                               comment="stored concurrently by another session")
+            self._index(h, key, source, calling_ae)
+        except IntegrityError as exc:
+            # The SOP Instance UID is stored already (the unique index says so; no look-up on the hot path).
+            return self._arrived_again(h, key, source, calling_ae, exc)
         except BaseException:
             self.blobs.delete(key)
             raise
-        if old_key:
-            self.blobs.delete(old_key)
         return StoreResult(SUCCESS, h.sop_class_uid, h.sop_uid, h.study_uid, h.series_uid, stored=True)
 
     def _find(self, sop_uid: str) -> Instance | None:
         with self.db.reading() as s:
             return s.scalars(select(Instance).where(Instance.sop_uid == sop_uid)).one_or_none()
 
-    def _duplicate(self, existing: Instance, path: Path, h: InstanceHeader) -> StoreResult | None:
-        """Decide what a second arrival of a stored SOP Instance UID does; ``None`` means overwrite."""
-        with open(path, "rb") as new, self.blobs.open(existing.blob_key) as old:
-            identical = same_dataset(new, h.dataset_offset, old, existing.dataset_offset)
+    def _arrived_again(
+        self, h: InstanceHeader, key: str, source: str, calling_ae: str | None, exc: IntegrityError
+    ) -> StoreResult:
+        """A stored SOP Instance UID arrived again (its new copy is already at ``key``): apply the policy."""
+        existing = self._find(h.sop_uid)
+        if existing is None:  # the constraint that failed was not the SOP Instance UID's
+            self.blobs.delete(key)
+            raise exc
         result = dict(sop_class_uid=h.sop_class_uid, sop_uid=h.sop_uid, study_uid=h.study_uid,
                       series_uid=h.series_uid, stored=False)
-        if identical:
-            return StoreResult(SUCCESS, comment="identical instance already stored", **result)  # type: ignore[arg-type]
-        if self.duplicate_policy == "reject":
-            raise DuplicateInstance(
-                f"SOP Instance UID {h.sop_uid} is already stored with a different data set", expression="SOPInstanceUID"
-            )
-        if self.duplicate_policy == "keep-first":
-            log.warning("instance %s arrived again with a different data set; kept the first copy", h.sop_uid)
-            return StoreResult(
-                WARNING_ELEMENTS_DISCARDED,
-                comment="a different data set is already stored under this SOP Instance UID; kept the first",
-                **result,  # type: ignore[arg-type]
-            )
-        return None
+        kept = False
+        try:
+            with self.blobs.open(key) as new, self.blobs.open(existing.blob_key) as old:
+                identical = same_dataset(new, h.dataset_offset, old, existing.dataset_offset)
+            if identical:
+                return StoreResult(SUCCESS, comment="identical instance already stored", **result)  # type: ignore[arg-type]
+            if self.duplicate_policy == "reject":
+                raise DuplicateInstance(
+                    f"SOP Instance UID {h.sop_uid} is already stored with a different data set",
+                    expression="SOPInstanceUID",
+                )
+            if self.duplicate_policy == "keep-first":
+                log.warning("instance %s arrived again with a different data set; kept the first copy", h.sop_uid)
+                return StoreResult(
+                    WARNING_ELEMENTS_DISCARDED,
+                    comment="a different data set is already stored under this SOP Instance UID; kept the first",
+                    **result,  # type: ignore[arg-type]
+                )
+            self._index(h, key, source, calling_ae, replace_pk=existing.id)
+            kept = True
+        finally:
+            if not kept:
+                self.blobs.delete(key)
+        self.blobs.delete(existing.blob_key)  # overwrite: the replaced copy goes once the new one is indexed
+        return StoreResult(SUCCESS, h.sop_class_uid, h.sop_uid, h.study_uid, h.series_uid, stored=True)
 
-    def _index(
-        self, h: InstanceHeader, key: str, source: str, calling_ae: str | None, replace: Instance | None
-    ) -> str | None:
-        """Commit the index rows; returns the blob key an overwrite made obsolete."""
-        now = self.clock()
-        with self.db.writing() as s:
+    def _study_pk(self, s: Connection, h: InstanceHeader, now: dt.datetime) -> int:
+        pk = self._study_pks.get(h.study_uid)
+        if pk is None:
             _insert_ignore(s, Study, _study_values(h, now), "study_uid")
-            study = s.scalars(select(Study).where(Study.study_uid == h.study_uid)).one()
-            _insert_ignore(s, Series, _series_values(h, study.id), "series_uid")
-            series_pk, series_study_pk = s.execute(
+            pk = s.scalars(select(Study.id).where(Study.study_uid == h.study_uid)).one()
+        return pk
+
+    def _series_pk(self, s: Connection, h: InstanceHeader, study_pk: int) -> tuple[int, int]:
+        cached = self._series_pks.get(h.series_uid)
+        if cached is None:
+            _insert_ignore(s, Series, _series_values(h, study_pk), "series_uid")
+            series_pk, owner = s.execute(
                 select(Series.id, Series.study_pk).where(Series.series_uid == h.series_uid)
             ).one()
-            if series_study_pk != study.id:
+            cached = (series_pk, owner)
+        return cached
+
+    def _index(
+        self, h: InstanceHeader, key: str, source: str, calling_ae: str | None, replace_pk: int | None = None
+    ) -> None:
+        """Commit the index rows for one instance (insert, or with ``replace_pk`` update that row).
+
+        The common case is two statements: insert the instance, stamp the study. Study and series keys
+        are cached once committed (rows are never renumbered; a future retention job calls
+        :meth:`forget_study`).
+        """
+        now = self.clock()
+        with self.db.write_tx() as s:
+            study_pk = self._study_pk(s, h, now)
+            series_pk, owner = self._series_pk(s, h, study_pk)
+            if owner != study_pk:
                 # A Series Instance UID is unique to one study (PS3.3 C.7.3.1); filing it under a second
                 # study would tear the hierarchy that queries and retrieval walk.
-                other = s.scalar(select(Study.study_uid).where(Study.id == series_study_pk))
+                other = s.scalar(select(Study.study_uid).where(Study.id == owner))
                 raise DatasetMismatch(
                     f"Series Instance UID {h.series_uid} is already stored under study {other}, not {h.study_uid}",
                     expression="SeriesInstanceUID",
                 )
-            if study.state != "receiving":
-                s.add(StudyEvent(study_uid=h.study_uid, kind="reopened", at=now, detail=f"instance {h.sop_uid}"))
-                study.state = "receiving"
-            study.last_received_at = now
             values = _instance_values(h) | {
                 "blob_key": key,
                 "source": source,
                 "calling_ae": calling_ae,
                 "received_at": now,
                 "series_pk": series_pk,
-                "study_pk": study.id,
+                "study_pk": study_pk,
             }
-            if replace is not None:
-                row = s.get(Instance, replace.id)
-                if row is None:
-                    raise NotFound(f"instance {h.sop_uid} vanished during overwrite")
-                old = row.blob_key
-                for k, v in values.items():
-                    setattr(row, k, v)
-                return old
-            s.add(Instance(**values))
-        return None
+            if replace_pk is None:
+                s.execute(insert(_INSTANCES).values(**values))
+            else:
+                s.execute(update(_INSTANCES).where(_INSTANCES.c.id == replace_pk).values(**values))
+            studies = _STUDIES
+            stamped = cast(CursorResult[Any], s.execute(
+                update(studies)
+                .where(studies.c.id == study_pk, studies.c.state == "receiving")
+                .values(last_received_at=now)
+            )).rowcount
+            if not stamped:  # the study was ready: a later instance re-opens it
+                s.execute(update(studies).where(studies.c.id == study_pk)
+                          .values(state="receiving", last_received_at=now))
+                s.execute(insert(_EVENTS).values(
+                    study_uid=h.study_uid, kind="reopened", at=now, detail=f"instance {h.sop_uid}",
+                    series_count=0, instance_count=0))
+        self._remember(h.study_uid, study_pk, h.series_uid, (series_pk, owner))
+
+    def _remember(self, study_uid: str, study_pk: int, series_uid: str, series: tuple[int, int]) -> None:
+        if len(self._series_pks) > _PK_CACHE_SIZE:
+            self._study_pks.clear()
+            self._series_pks.clear()
+        self._study_pks[study_uid] = study_pk
+        self._series_pks[series_uid] = series
+
+    def forget_study(self, study_uid: str) -> None:
+        """Drop cached keys of a study (and all series) before its rows are deleted."""
+        self._study_pks.clear()
+        self._series_pks.clear()
 
     # -- look-up --------------------------------------------------------------------------------------
 
