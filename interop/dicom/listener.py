@@ -335,6 +335,8 @@ class DimseListener:
         server = cast(_Server, ae.make_server((self.settings.host, self.settings.port), evt_handlers=handlers,
                                               server_class=_Server))
         server.allowed_hosts = frozenset(self.settings.allowed_hosts)
+        # As AE.start_server does: the server's shutdown() unregisters itself from this list.
+        ae._servers.append(server)
         cast(socket.socket, server.socket).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True)
@@ -343,8 +345,7 @@ class DimseListener:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.shutdown()  # stops accepting and closes the listening socket
             for assoc in list(self._server.active_associations):
                 assoc.release()
             self._server = None
