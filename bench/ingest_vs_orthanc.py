@@ -173,6 +173,8 @@ def listener_pid(root: int, port: int) -> int:
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: Longest total time the throughput part spends waiting for a quiet machine and repeating disturbed runs.
+SETTLE_BUDGET_S = 600
 
 
 def machine_busy_s() -> float:
@@ -584,8 +586,10 @@ def throughput(
     """Per server, instances/s of each round, and the other processes' CPU load (cores) during each run.
 
     A run during which other processes kept more than ``settle_limit`` cores busy is repeated (with fresh
-    UIDs) up to ``retries`` times; the last attempt counts either way, and its load is reported.
+    UIDs) up to ``retries`` times; the last attempt counts either way, and its load is reported. Waiting and
+    repeating stop after ``SETTLE_BUDGET_S`` in all, so a machine that never gets quiet still finishes.
     """
+    budget_end = time.monotonic() + SETTLE_BUDGET_S
     rates: dict[str, list[float]] = {s.name: [] for s in servers}
     foreign: dict[str, list[float]] = {s.name: [] for s in servers}
     roots = [s.proc.pid for s in servers if s.proc is not None]
@@ -601,14 +605,15 @@ def throughput(
                     study = make_ct_small_study(folder, n, f"R{r}A{attempt}")
                 if "reset" in s.extra:
                     s.extra["reset"]()
-                if settle_limit > 0:
+                patient = settle_limit > 0 and time.monotonic() < budget_end
+                if patient:
                     settle(roots, settle_limit, 30)
                 with ForeignLoad(roots) as load:
                     elapsed = send(s, folder, timeout)
                 got = s.count(study)
                 if got not in (n, -1):
                     wait_until(lambda s=s, study=study: s.count(study) == n, 10, f"{s.name} to index {n} instances")
-                if settle_limit <= 0 or load.cores < settle_limit:
+                if not patient or load.cores < settle_limit:
                     break
             rate = n / elapsed
             rates[s.name].append(rate)
