@@ -46,6 +46,9 @@ class DicomSettings(_Section):
     #: ``keep-first`` keeps the stored copy and answers warning 0xB006; ``overwrite`` replaces it;
     #: ``reject`` answers failure 0x0111 (Duplicate SOP Instance).
     duplicate_policy: DuplicatePolicy = "keep-first"
+    #: How often an association's reactor polls its socket when idle (pynetdicom's default is 1 ms; each
+    #: DIMSE message waits up to this long before it is read).
+    poll_seconds: float = Field(0.0002, gt=0, le=0.1)
     #: Seconds of network silence before an association is aborted.
     network_timeout: float = Field(60.0, gt=0)
 
