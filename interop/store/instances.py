@@ -200,22 +200,14 @@ class InstanceStore:
     ) -> StoreResult:
         # One pass: a data set cut short anywhere is refused (C210) before any attribute is judged (A900).
         h = read_header(path)
-        identity = (h.sop_class_uid, h.sop_uid)
-        if expected_sop_uid and expected_sop_uid.strip() != h.sop_uid:
-            raise DatasetMismatch(
-                f"Affected SOP Instance UID {expected_sop_uid} differs from the data set's {h.sop_uid}",
-                expression="SOPInstanceUID", identity=identity,
-            )
-        if expected_sop_class and expected_sop_class.strip() != h.sop_class_uid:
-            raise DatasetMismatch(
-                f"Affected SOP Class UID {expected_sop_class} differs from the data set's {h.sop_class_uid}",
-                expression="SOPClassUID", identity=identity,
-            )
-        if expected_study_uid and expected_study_uid.strip() != h.study_uid:
-            raise DatasetMismatch(
-                f"Study Instance UID {h.study_uid} differs from the study {expected_study_uid} of the request",
-                expression="StudyInstanceUID", identity=identity,
-            )
+        for expected, actual, what, keyword in (
+            (expected_sop_uid, h.sop_uid, "Affected SOP Instance UID", "SOPInstanceUID"),
+            (expected_sop_class, h.sop_class_uid, "Affected SOP Class UID", "SOPClassUID"),
+            (expected_study_uid, h.study_uid, "Study Instance UID of the request", "StudyInstanceUID"),
+        ):
+            if expected and expected.strip() != actual:
+                raise DatasetMismatch(f"{what} {expected.strip()} differs from the data set's {actual}",
+                                      expression=keyword, identity=(h.sop_class_uid, h.sop_uid))
         if self.on_study_touched is not None:
             self.on_study_touched(h.study_uid, session_key)
         key = self.blobs.new_key()
