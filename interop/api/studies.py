@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 from sqlalchemy import func, select
 
 from interop.api.deps import CanReadImaging, NodeDep
@@ -17,19 +17,27 @@ from interop.store.models import Instance, Series, Study
 router = APIRouter(prefix="/api/studies", tags=["studies"])
 
 
+def _utc(value: dt.datetime) -> dt.datetime:
+    """Stored times are UTC; SQLite hands them back without a zone, so say which one they are."""
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+UtcDatetime = Annotated[dt.datetime, AfterValidator(_utc)]
+
+
 class StudyEventOut(BaseModel):
     id: int
     study_uid: str
     kind: str
     series_count: int
     instance_count: int
-    at: dt.datetime
+    at: UtcDatetime
 
 
 class StudyStateOut(BaseModel):
     study_uid: str
     state: str
-    last_received_at: dt.datetime
+    last_received_at: UtcDatetime
     series_count: int
     instance_count: int
 

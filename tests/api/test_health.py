@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
+from pathlib import Path
+
 import httpx
+from pydicom import dcmread
+from pynetdicom import AE
 
 from tests.conftest import ServerProc
+from tests.support import sample_file
 
 
 def test_healthz_and_readyz_answer_without_token(server: ServerProc) -> None:
@@ -47,3 +54,20 @@ def test_unknown_study_is_404_operation_outcome(server: ServerProc) -> None:
 def test_openapi_docs_are_served(server: ServerProc) -> None:
     r = httpx.get(f"{server.base_url}/openapi.json")
     assert r.status_code == 200 and "/api/studies/events" in r.json()["paths"]
+
+
+
+def test_study_times_are_utc_with_zone(server: ServerProc, tmp_path: Path) -> None:
+    src = tmp_path / "ct.dcm"
+    shutil.copyfile(sample_file("CT_small.dcm"), src)
+    ae = AE("PYSCU")
+    ae.add_requested_context(str(dcmread(src).SOPClassUID))
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="INTEROP")
+    assert assoc.is_established
+    assert assoc.send_c_store(src).Status == 0
+    assoc.release()
+    with server.client() as c:
+        state = c.get(f"/api/studies/{dcmread(src).StudyInstanceUID}").json()
+    stamp = dt.datetime.fromisoformat(state["last_received_at"])
+    assert stamp.utcoffset() == dt.timedelta(0), "times carry their zone (UTC)"
+    assert abs((dt.datetime.now(dt.UTC) - stamp).total_seconds()) < 60
