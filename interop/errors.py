@@ -134,18 +134,66 @@ class Conflict(InteropError):
     fhir_code = "conflict"
 
 
+class PreconditionFailed(Conflict):
+    """A condition of the request did not hold: ``If-Match`` names another version, or a conditional
+    operation matched more than one resource (FHIR R4 http.html §3.1.0.5, §3.1.0.10; HTTP 412)."""
+
+    http_status = 412
+
+
+class Gone(NotFound):
+    """The resource was deleted (FHIR R4 http.html §3.1.0.2: read of a deleted resource is 410)."""
+
+    http_status = 410
+    fhir_code = "deleted"
+
+
+class MethodNotAllowed(InteropError):
+    """The interaction is not offered for this target (HTTP 405), e.g. writing a read-only resource type."""
+
+    http_status = 405
+    fhir_code = "not-supported"
+    hl7_ack = "AR"
+    hl7_error_code = "200"
+
+
+class Unprocessable(InvalidInput):
+    """Well-formed input that breaks a profile or a business rule (HTTP 422, FHIR ``processing``;
+    R4 http.html §3.1.0.4.2). Carries every violation found as (message, expression)."""
+
+    http_status = 422
+    fhir_code = "processing"
+
+    def __init__(self, message: str, *, issues: list[tuple[str, str | None]] | None = None) -> None:
+        super().__init__(message, expression=issues[0][1] if issues else None)
+        self.issues = issues or [(message, None)]
+
+    def operation_outcome(self) -> dict[str, Any]:
+        out: list[dict[str, Any]] = []
+        for msg, where in self.issues:
+            issue: dict[str, Any] = {"severity": "error", "code": self.fhir_code, "diagnostics": msg}
+            if where:
+                issue["expression"] = [where]
+            out.append(issue)
+        return {"resourceType": "OperationOutcome", "issue": out}
+
+
 __all__ = [
     "Conflict",
     "DatasetMismatch",
     "DuplicateInstance",
     "Forbidden",
+    "Gone",
     "InteropError",
     "InvalidInput",
+    "MethodNotAllowed",
     "NotAcceptable",
     "NotFound",
     "OutOfResources",
+    "PreconditionFailed",
     "SopClassNotSupported",
     "UndecodableDataset",
     "Unauthorized",
     "UnsupportedMediaType",
+    "Unprocessable",
 ]

@@ -9,6 +9,7 @@ from interop.assembly import StudyAssembler
 from interop.auth import TokenService
 from interop.config import Settings
 from interop.dicom.listener import DimseListener
+from interop.fhir import FhirStore
 from interop.store.blobs import FileBlobStore
 from interop.store.db import Database
 from interop.store.instances import InstanceStore
@@ -32,6 +33,7 @@ class Node:
             on_study_touched=self.assembler.touch,
         )
         self.tokens = TokenService.from_settings(settings)
+        self.fhir = FhirStore(self.db)
         self.dimse = DimseListener(settings.dicom, self.store, self.assembler, self.store.read_header_dataset)
         self.started = False
 
