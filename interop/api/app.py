@@ -16,6 +16,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     # Imported here: the DICOMweb routers use interop.api.deps, so a module-level import would be circular
     # whenever interop.dicomweb is imported before interop.api.
     from interop.dicomweb import router as dicomweb_router
+    from interop.fhir.api import router as fhir_router
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -38,4 +39,5 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(dicomweb_router, prefix="/dicomweb")
+    app.include_router(fhir_router, prefix="/fhir")
     return app
