@@ -3,7 +3,8 @@
 * ``interop serve``: every role in one process (HTTP, DICOM listener, study assembly) on the settings;
 * ``interop token``: mint a bearer token for scripts and tests;
 * ``interop migrate``: bring the database schema up to date (``serve`` does this too);
-* ``interop store check``: list stored objects that no index row points at (left by a crash).
+* ``interop store check``: list stored objects that no index row points at (left by a crash);
+* ``interop hl7 replay``: re-process stored HL7 v2 messages; ``interop hl7 check``: full structure check.
 """
 
 from __future__ import annotations
@@ -90,6 +91,46 @@ def _store_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hl7_replay(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from interop.node import Node
+
+    settings = _settings(args)
+    node = Node(settings)
+    node.db.migrate()
+    since = None
+    if args.since:
+        since = dt.datetime.fromisoformat(args.since)
+        if since.tzinfo is None:
+            since = since.astimezone()
+    n = 0
+    for row, outcome in node.hl7.replay(ids=args.id or None, since=since, codes=args.ack or None):
+        n += 1
+        err = f" {outcome.error_code} {outcome.error_text}" if outcome.code != "AA" else ""
+        print(f"{row.id}\t{row.sending_application}/{row.sending_facility}\t{row.control_id}\t{row.message_type}\t"
+              f"{outcome.code}{err}")
+    print(f"{n} message(s) replayed", file=sys.stderr)
+    return 0
+
+
+def _hl7_check(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from interop.hl7v2.conformance import check
+    from interop.hl7v2.models import Hl7Message
+    from interop.store.db import Database
+
+    db = Database(_settings(args).db_url)
+    bad = 0
+    with db.reading() as s:
+        for row in s.scalars(select(Hl7Message).where(Hl7Message.id.in_(args.id)).order_by(Hl7Message.id)):
+            problems = check(row.raw)
+            bad += bool(problems)
+            print(f"{row.id}\t{row.control_id}\t{'; '.join(problems) or 'conforms'}")
+    return 1 if bad else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interop", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", help="TOML configuration file (same as INTEROP_CONFIG)")
@@ -110,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     chk = st_sub.add_parser("check", help="list objects no index row points at")
     chk.add_argument("--delete", action="store_true", help="delete them")
     chk.set_defaults(func=_store_check)
+
+    h = sub.add_parser("hl7", help="HL7 v2 message log")
+    h_sub = h.add_subparsers(dest="hl7_command", required=True)
+    rp = h_sub.add_parser("replay", help="re-process stored messages (all, or those selected), oldest first")
+    rp.add_argument("--id", type=int, action="append", help="message log id (repeatable)")
+    rp.add_argument("--since", help="received at or after this ISO 8601 time (local time if no offset)")
+    rp.add_argument("--ack", action="append", choices=["AA", "AE", "AR"], help="only messages last answered so")
+    rp.set_defaults(func=_hl7_replay)
+    hc = h_sub.add_parser("check", help="full HL7 v2.5.1 structure check (hl7apy) of stored messages")
+    hc.add_argument("--id", type=int, action="append", required=True, help="message log id (repeatable)")
+    hc.set_defaults(func=_hl7_check)
     return p
 
 

@@ -49,6 +49,9 @@ class DicomSettings(_Section):
     #: How often an association's reactor polls its socket when idle (pynetdicom's default is 1 ms; each
     #: DIMSE message waits up to this long before it is read).
     poll_seconds: float = Field(0.0002, gt=0, le=0.1)
+    #: Let an association's DIMSE reactor wake when a message arrives instead of after its fixed 1 ms sleep
+    #: (see interop.dicom.listener._ReactorClock).
+    wake_on_message: bool = True
     #: Seconds of network silence before an association is aborted.
     network_timeout: float = Field(60.0, gt=0)
 
@@ -74,6 +77,34 @@ class StudySettings(_Section):
     quiet_seconds: float = Field(5.0, ge=0)
 
 
+class Hl7Settings(_Section):
+    """The HL7 v2 MLLP listener (HL7 v2.5.1 Ch. 2; MLLP framing: Appendix C of the v2.5.1 implementation guide)."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(2575, ge=0, le=65535)
+    #: Largest MLLP frame accepted; a longer message is answered AR and discarded.
+    max_message_bytes: int = Field(1 << 20, ge=1024)
+    #: Seconds a connection may stay silent before it is closed.
+    idle_timeout: float = Field(300.0, gt=0)
+    #: IANA time zone of HL7 timestamps that carry no offset (v2.5.1 Ch. 2A DTM); default: this machine's zone.
+    timezone: str | None = None
+    #: FHIR ``Identifier.system`` for an HL7 assigning authority / namespace ID (e.g. ``{"HOSP": "urn:oid:..."}``);
+    #: an authority not listed becomes ``urn:oid:<universal ID>`` (ISO) or ``urn:hl7v2:<namespace ID>``.
+    identifier_systems: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_known(cls, v: str | None) -> str | None:
+        if v is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r} (an IANA name such as Europe/Berlin)") from None
+        return v
+
+
 class AuthSettings(_Section):
     #: HMAC secret for tokens this node mints. Default: a random secret kept in ``<data_dir>/secret.key``.
     secret: str | None = None
@@ -94,6 +125,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     studies: StudySettings = StudySettings()
     auth: AuthSettings = AuthSettings()
+    hl7: Hl7Settings = Hl7Settings()
     log_level: str = "INFO"
 
     @classmethod

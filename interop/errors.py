@@ -116,6 +116,67 @@ class UnsupportedMediaType(InvalidInput):
     fhir_code = "not-supported"
 
 
+class SegmentError(InvalidInput):
+    """A segment that is malformed, out of order or missing where the message structure requires it
+    (HL7 v2.5.1 table 0357: 100 Segment sequence error)."""
+
+    hl7_error_code = "100"
+
+
+class RequiredFieldMissing(InvalidInput):
+    """A field the message needs is empty (HL7 v2.5.1 table 0357: 101 Required field missing)."""
+
+    hl7_error_code = "101"
+
+
+class TableValueNotFound(InvalidInput):
+    """A coded value outside the table it is drawn from (HL7 v2.5.1 table 0357: 103 Table value not found)."""
+
+    hl7_error_code = "103"
+
+
+class MessageTooLarge(InvalidInput):
+    """A message or payload larger than this node accepts (HTTP 413; HL7 AR)."""
+
+    http_status = 413
+    fhir_code = "too-long"
+    hl7_ack = "AR"
+    hl7_error_code = "207"
+
+
+class UnsupportedMessageType(InteropError):
+    """An HL7 v2 message type this node does not process (HL7 v2.5.1 Ch. 2 §2.9.2: AR, table 0357: 200)."""
+
+    http_status = 400
+    fhir_code = "not-supported"
+    hl7_ack = "AR"
+    hl7_error_code = "200"
+
+
+class MissingMessageType(UnsupportedMessageType):
+    """MSH-9 is empty: the message cannot be routed (HL7 AR; table 0357: 101 Required field missing)."""
+
+    hl7_error_code = "101"
+
+
+class UnsupportedEventCode(UnsupportedMessageType):
+    """A trigger event this node does not process for a known message type (table 0357: 201)."""
+
+    hl7_error_code = "201"
+
+
+class UnsupportedProcessingId(UnsupportedMessageType):
+    """MSH-11 names a processing ID this node does not take (table 0357: 202)."""
+
+    hl7_error_code = "202"
+
+
+class UnsupportedVersion(UnsupportedMessageType):
+    """MSH-12 names a version this node does not take (table 0357: 203)."""
+
+    hl7_error_code = "203"
+
+
 class Unauthorized(InteropError):
     dimse_status = 0x0124  # Refused: not authorized
     http_status = 401
@@ -183,17 +244,26 @@ __all__ = [
     "DatasetMismatch",
     "DuplicateInstance",
     "Forbidden",
-    "Gone",
     "InteropError",
+    "Gone",
     "InvalidInput",
     "MethodNotAllowed",
+    "MessageTooLarge",
+    "MissingMessageType",
     "NotAcceptable",
     "NotFound",
     "OutOfResources",
     "PreconditionFailed",
+    "RequiredFieldMissing",
+    "SegmentError",
     "SopClassNotSupported",
+    "TableValueNotFound",
     "UndecodableDataset",
     "Unauthorized",
+    "UnsupportedEventCode",
     "UnsupportedMediaType",
     "Unprocessable",
+    "UnsupportedMessageType",
+    "UnsupportedProcessingId",
+    "UnsupportedVersion",
 ]

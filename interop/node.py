@@ -10,6 +10,8 @@ from interop.auth import TokenService
 from interop.config import Settings
 from interop.dicom.listener import DimseListener
 from interop.fhir import FhirStore
+from interop.hl7v2 import MessageLog, MllpListener
+from interop.hl7v2.messages import mapping_options
 from interop.store.blobs import FileBlobStore
 from interop.store.db import Database
 from interop.store.instances import InstanceStore
@@ -35,6 +37,9 @@ class Node:
         self.tokens = TokenService.from_settings(settings)
         self.fhir = FhirStore(self.db)
         self.dimse = DimseListener(settings.dicom, self.store, self.assembler, self.store.read_header_dataset)
+        # HL7 v2: each message and the FHIR resources it maps to are committed together, before AA.
+        self.hl7 = MessageLog(self.db, self.fhir.transaction, mapping_options(settings.hl7))
+        self.mllp = MllpListener(settings.hl7, self.hl7)
         self.started = False
 
     def start(self) -> None:
@@ -45,10 +50,12 @@ class Node:
         # Received DICOM streams land next to the objects, so storing them is a rename, not a copy.
         tempfile.tempdir = str(self.blobs.temp_dir())
         self.dimse.start()
+        self.mllp.start()
         self.assembler.start()
         self.started = True
 
     def stop(self) -> None:
+        self.mllp.stop()
         self.dimse.stop()
         self.assembler.stop()
         self.db.dispose()
@@ -70,4 +77,5 @@ class Node:
         except OSError as exc:
             out["storage"] = f"error: {exc}"
         out["dicom"] = "ok" if self.started and self.dimse._server is not None else "not listening"
+        out["hl7"] = "ok" if self.started and self.mllp.listening else "not listening"
         return out

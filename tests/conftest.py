@@ -61,6 +61,7 @@ class ServerProc:
     extra_env: dict[str, str] = field(default_factory=dict)
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    mllp_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -73,6 +74,8 @@ class ServerProc:
             INTEROP_DICOM__HOST="127.0.0.1",
             INTEROP_HTTP__PORT=str(self.http_port),
             INTEROP_HTTP__HOST="127.0.0.1",
+            INTEROP_HL7__PORT=str(self.mllp_port),
+            INTEROP_HL7__HOST="127.0.0.1",
             INTEROP_STUDIES__QUIET_SECONDS="1",
         )
         env.update(self.extra_env)

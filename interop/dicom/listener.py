@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
+import time as _time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, Association, _config, evt
+from pynetdicom import association as pynetdicom_association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
@@ -241,6 +244,45 @@ def handle_open(event: evt.Event, poll_seconds: float) -> None:
 
 _warned_poll = False
 
+_REACTOR_SLEEP = 0.001  # the literal in pynetdicom.association.Association._run_reactor: time.sleep(0.001)
+
+
+class _ReactorClock:
+    """Stands in for the ``time`` module inside ``pynetdicom.association``.
+
+    The acceptor reactor sleeps a fixed millisecond and then looks at its DIMSE message queue, so every
+    received C-STORE waits up to 1 ms before its handler runs (pynetdicom 3 has no setting for it). In an
+    association's own thread that one sleep becomes a wait on the association's DIMSE queue: it still
+    returns within the same millisecond when nothing arrives (so release and abort are noticed as before,
+    with no extra wake-ups), and at once when a message is queued. Every other call is ``time``'s own.
+    """
+
+    def sleep(self, seconds: float) -> None:
+        if seconds == _REACTOR_SLEEP:
+            thread = threading.current_thread()
+            dimse = getattr(thread, "dimse", None) if isinstance(thread, Association) else None
+            q = getattr(dimse, "msg_queue", None)
+            if isinstance(q, queue.Queue):
+                with q.not_empty:
+                    if not q.queue:
+                        q.not_empty.wait(seconds)
+                return
+        _time.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_time, name)
+
+
+def wake_reactor_on_messages() -> None:
+    """Install :class:`_ReactorClock` in ``pynetdicom.association`` (idempotent)."""
+    current = getattr(pynetdicom_association, "time", None)
+    if isinstance(current, _ReactorClock):
+        return
+    if current is not _time:
+        log.warning("pynetdicom.association.time is not the time module; its reactor keeps its own sleep")
+        return
+    pynetdicom_association.time = _ReactorClock()  # type: ignore[assignment]
+
 
 def _warn_poll() -> None:
     global _warned_poll
@@ -324,6 +366,8 @@ class DimseListener:
 
     def start(self) -> None:
         _config.STORE_RECV_CHUNKED_DATASET = True
+        if self.settings.wake_on_message:
+            wake_reactor_on_messages()
         ae = self._ae()
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, handle_open, [self.settings.poll_seconds]),

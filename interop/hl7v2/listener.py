@@ -1,0 +1,172 @@
+"""The MLLP listener: an asyncio TCP server (HL7 v2.5.1 Implementation Guide Appendix C, MLLP release 2)
+around :class:`~interop.hl7v2.messages.MessageLog`.
+
+It runs in its own thread with its own event loop, not in uvicorn's: the node starts it from the (sync)
+``Node.start``, it keeps working whatever serves HTTP, and HTTP latency never waits on an MLLP burst nor the
+other way round. Each connection is read by a :class:`~interop.hl7v2.mllp.Deframer`; every complete frame
+is handed to the message log on a small thread pool (the database commit blocks; the loop does not), and its
+ACK written back before the next frame of that connection is read, so a connection's messages are applied
+in the order sent (original-mode ACK is send-and-wait, §2.9.2). Connections run side by side.
+
+A frame the peer cuts off (connection closed before ``FS CR``) is dropped: nothing was acknowledged, so
+nothing is stored. A frame over ``hl7.max_message_bytes`` is answered ``AR`` (addressed from its MSH when
+that was readable) and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from interop.config import Hl7Settings
+from interop.errors import InteropError, MessageTooLarge
+from interop.hl7v2.ack import Outcome
+from interop.hl7v2.messages import MessageLog, outcome_of
+from interop.hl7v2.mllp import Deframer, Oversized, frame
+from interop.hl7v2.parse import Header, read_header
+
+log = logging.getLogger(__name__)
+
+
+class MllpListener:
+    """Serves MLLP on ``settings.host:settings.port`` from a background thread."""
+
+    def __init__(self, settings: Hl7Settings, messages: MessageLog, *, workers: int = 4) -> None:
+        self.settings = settings
+        self.messages = messages
+        self.workers = workers
+        self.port: int | None = None  # the bound port (settings.port may be 0)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    def start(self) -> None:
+        """Bind and serve; returns once listening (raises if the port cannot be bound)."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mllp-worker")
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self._server = loop.run_until_complete(asyncio.start_server(
+                    self._serve, self.settings.host, self.settings.port, reuse_address=True))
+                self.port = int(self._server.sockets[0].getsockname()[1])
+            except BaseException as exc:
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="mllp-listener", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._pool.shutdown(wait=False)
+            raise failure[0]
+        log.info("MLLP listening on %s:%d", self.settings.host, self.port)
+
+    def stop(self) -> None:
+        """Stop accepting, end open connections (a frame being processed finishes and is acknowledged)."""
+        loop = self._loop
+        if loop is None or self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            if self._server is not None:
+                await self._server.wait_closed()
+
+        with contextlib.suppress(RuntimeError):  # the loop already stopped
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout=10)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._server = None
+        self._loop = None
+        self._thread = None
+
+    # -- one connection --------------------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        deframer = Deframer(self.settings.max_message_bytes)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(1 << 16), self.settings.idle_timeout)
+                except TimeoutError:
+                    log.info("MLLP %s idle for %.0f s: closing", peer, self.settings.idle_timeout)
+                    break
+                if not data:
+                    break
+                for item in deframer.feed(data):
+                    if isinstance(item, Oversized):
+                        ack = self._oversized(item)
+                    else:
+                        ack = await loop.run_in_executor(self._pool, self._handle, item, peer)
+                    writer.write(frame(ack))
+                    await writer.drain()
+            if deframer.partial:
+                log.warning("MLLP %s closed the connection inside a frame: the partial message is discarded", peer)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.info("MLLP %s: connection lost (%s)", peer, exc)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _handle(self, payload: bytes, peer: str) -> bytes:
+        try:
+            return self.messages.handle(payload, peer)
+        except Exception:  # handle() does not raise; a bug must still not take the connection down silently
+            log.exception("MLLP %s: message could not be processed", peer)
+            return self.messages.ack(None, Outcome("AE", "207", "application internal error"))
+
+    def _oversized(self, item: Oversized) -> bytes:
+        header: Header | None
+        try:
+            header = read_header(item.head)
+        except InteropError:
+            header = None
+        err = MessageTooLarge(f"message of {item.size} bytes exceeds the {self.settings.max_message_bytes}-byte "
+                              "limit (hl7.max_message_bytes); it was not stored")
+        log.warning("MLLP: refused a %d-byte message from %s (control ID %s)", item.size,
+                    header.sender if header else "?", header.control_id if header else "?")
+        return self.messages.ack(header, outcome_of(err))
+

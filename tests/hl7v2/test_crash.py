@@ -1,0 +1,90 @@
+"""SIGKILL the node during a burst of ORU^R01 messages: every message that got ``AA`` is there after the
+restart, with its resources (DESIGN promise 1), and sending the rest again stores each once (promise 2)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+from sqlalchemy import select
+
+from interop.fhir.store import FhirStore
+from interop.hl7v2.mllp import Deframer, frame
+from interop.hl7v2.models import Hl7Message
+from interop.store.db import Database
+from tests.conftest import ServerProc
+from tests.hl7v2.support import database_url, oru, segments
+
+N_PER_CONNECTION = 150
+CONNECTIONS = 3
+KILL_AFTER = 120
+
+
+def _burst(port: int, c: int, acked: set[str], lock: threading.Lock, server: ServerProc) -> None:
+    """Send messages on one connection until the node dies; record each control ID acknowledged AA."""
+    deframer = Deframer(1 << 20)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            for i in range(N_PER_CONNECTION):
+                cid = f"K{c}-{i}"
+                sock.sendall(frame(oru(cid, patient=f"MRN{c}{i:04d}", filler=f"KF{c}-{i}")))
+                got: list[object] = []
+                while not got:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    got = list(deframer.feed(data))
+                ack = segments(got[0])  # type: ignore[arg-type]
+                if ack["MSA"][1] == "AA":
+                    with lock:
+                        acked.add(ack["MSA"][2])
+                        if len(acked) == KILL_AFTER:
+                            server.kill()
+    except OSError:
+        return
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_sigkill_during_oru_burst_loses_no_acknowledged_message(server_factory: type, backend: str,
+                                                                request: pytest.FixtureRequest) -> None:
+    env = {"INTEROP_DATABASE_URL": request.getfixturevalue("postgres_url")} if backend == "postgresql" else {}
+    server: ServerProc = server_factory(env)  # type: ignore[operator]
+    acked: set[str] = set()
+    lock = threading.Lock()
+    threads = [threading.Thread(target=_burst, args=(server.mllp_port, c, acked, lock, server))
+               for c in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert server.proc is None and len(acked) >= KILL_AFTER, "the node was not killed mid-burst"
+    server.start()
+    db = Database(database_url(server))
+    try:
+        with db.reading() as s:
+            rows = {r.control_id: r for r in s.scalars(select(Hl7Message))}
+        missing = acked - set(rows)
+        assert not missing, f"acknowledged but lost: {sorted(missing)[:10]}"
+        assert all(r.ack_code == "AA" for r in rows.values())
+        fhir = FhirStore(db)
+        for cid in sorted(acked)[:: max(1, len(acked) // 20)]:
+            resources = json.loads(rows[cid].resources or "[]")
+            assert len(resources) == 4  # Patient, DiagnosticReport, 2 Observations
+            for ref in resources:
+                rtype, rid = ref.split("/")
+                assert fhir.read(rtype, rid).resource["resourceType"] == rtype
+        # the sender sends again whatever it had no AA for: each message ends up stored exactly once
+        resend = [oru(f"K{c}-{i}", patient=f"MRN{c}{i:04d}", filler=f"KF{c}-{i}")
+                  for c in range(CONNECTIONS) for i in range(N_PER_CONNECTION) if f"K{c}-{i}" not in acked][:60]
+        from interop.hl7v2.mllp import send
+
+        assert {segments(a)["MSA"][1] for a in send("127.0.0.1", server.mllp_port, resend)} == {"AA"}
+        with db.reading() as s:
+            ids = list(s.scalars(select(Hl7Message.control_id)))
+        assert len(ids) == len(set(ids))
+        obs = fhir.search("Observation", [("_count", "1")])
+        assert obs["total"] == 2 * len(ids)
+    finally:
+        db.dispose()
