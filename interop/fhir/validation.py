@@ -82,7 +82,7 @@ def validate_resource(data: dict[str, Any], expected_type: str | None = None) ->
     except (ValueError, TypeError) as exc:  # fhir.resources raises plain errors for some shapes
         raise InvalidInput(f"{type_}: {exc}", expression=type_) from None
     status = data.get("status")
-    if defn.statuses and status not in defn.statuses:
+    if defn.statuses and status is not None and status not in defn.statuses:
         raise InvalidInput(
             f"{type_}.status '{status}' is not in the required value set ({', '.join(sorted(defn.statuses))})",
             expression=f"{type_}.status",
