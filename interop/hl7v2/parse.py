@@ -155,7 +155,7 @@ Reps = list[list[list[str]]]
 class Segment:
     """One segment, with the fields addressed by their HL7 sequence numbers (``seg.value(3, 1)`` = XXX-3.1)."""
 
-    __slots__ = ("id", "ordinal", "_seg", "_msg")
+    __slots__ = ("id", "ordinal", "_seg", "_msg", "_fields")
 
     def __init__(self, seg: Any, msg: Any, ordinal: int) -> None:
         self.id: str = str(seg[0][0]) if seg and seg[0] else ""
@@ -163,6 +163,7 @@ class Segment:
         self.ordinal = ordinal
         self._seg = seg
         self._msg = msg
+        self._fields: dict[int, Reps] = {}
 
     def where(self, field: int, component: int | None = None) -> str:
         """Location string ``SEG[n]-f.c`` that the ACK turns into ERR-2 (ERL)."""
@@ -171,6 +172,12 @@ class Segment:
 
     def field(self, n: int) -> Reps:
         """Field ``n`` as repetitions of components of subcomponents; empty list when absent or empty."""
+        got = self._fields.get(n)
+        if got is None:
+            got = self._fields[n] = self._field(n)
+        return got
+
+    def _field(self, n: int) -> Reps:
         if n >= len(self._seg):  # python-hl7 indexes fields by sequence number (MSH-1 too)
             return []
         f = self._seg[n]
