@@ -71,7 +71,7 @@ class FhirSearchIndex(Base):
         Index("ix_fhir_idx_value", "res_type", "param", "value", "system", "resource_pk"),
         Index("ix_fhir_idx_low", "res_type", "param", "low", "resource_pk"),
         Index("ix_fhir_idx_high", "res_type", "param", "high", "resource_pk"),
-        Index("ix_fhir_idx_resource", "resource_pk", "param"),
+        Index("ix_fhir_idx_resource", "resource_pk", "param", "value", "system"),
         # Reverse lookups (_revinclude, "is it still referenced?") go by target type and id.
         Index("ix_fhir_idx_target", "value", "system", "param"),
     )

@@ -56,7 +56,10 @@ class SearchRequest:
     """A parsed search: the filters (as SQL), result parameters, paging keys and what was ignored."""
 
     defn: ResourceDef
+    #: Tests on the resource row itself (``_id``, ``_lastUpdated``).
     filters: list[ColumnElement[bool]] = field(default_factory=list)
+    #: Tests on index rows: (selectivity rank, parameter name, test); see :meth:`where`.
+    index_tests: list[tuple[int, str, ColumnElement[bool]]] = field(default_factory=list)
     #: (name, value) pairs that were applied, in request order (for the self link).
     applied: list[tuple[str, str]] = field(default_factory=list)
     #: Parameters left out in lenient handling, with the reason.
@@ -68,6 +71,20 @@ class SearchRequest:
     snapshot: int | None = None
     after: int | None = None
     offset: int = 0
+
+    def where(self) -> list[ColumnElement[bool]]:
+        """The WHERE clauses. The most selective index test (equality on token/reference before ranges)
+        drives as ``pk IN (…)``; the others are correlated ``EXISTS`` probes of that resource's index rows,
+        so a narrow parameter is never intersected with a broad one's full match set."""
+        out = list(self.filters)
+        for n, (_, name, test) in enumerate(sorted(self.index_tests, key=lambda t: t[0])):
+            if n == 0:
+                out.append(FhirResource.pk.in_(select(FhirSearchIndex.resource_pk).where(
+                    FhirSearchIndex.res_type == self.defn.type, FhirSearchIndex.param == name, test)))
+            else:  # probed by (resource_pk, param): ix_fhir_idx_resource
+                out.append(select(FhirSearchIndex.resource_pk).where(
+                    FhirSearchIndex.resource_pk == FhirResource.pk, FhirSearchIndex.param == name, test).exists())
+        return out
 
 
 def _split_values(value: str) -> list[str]:
@@ -100,11 +117,7 @@ def _range_test(prefix: str, lo: ColumnElement[float], hi: ColumnElement[float],
     return lo < ph  # le
 
 
-def _idx(defn: ResourceDef, name: str, test: ColumnElement[bool]) -> ColumnElement[bool]:
-    sub = select(FhirSearchIndex.resource_pk).where(
-        FhirSearchIndex.res_type == defn.type, FhirSearchIndex.param == name, test
-    )
-    return FhirResource.pk.in_(sub)
+_RANK = {"reference": 0, "token": 1, "string": 2, "quantity": 3, "date": 4}
 
 
 def _token_test(value: str) -> ColumnElement[bool]:
@@ -178,10 +191,11 @@ def _common_filter(name: str, modifier: str | None, values: list[str]) -> Column
     return or_(*tests)
 
 
-def param_filter(defn: ResourceDef, name: str, modifier: str | None, raw: str) -> ColumnElement[bool]:
-    """The SQL test for one ``name[:modifier]=raw`` parameter of a search on ``defn``; raises
-    :class:`InvalidInput` for a value that can't be read, :class:`KeyError` for an unknown parameter or
-    modifier."""
+def param_filter(defn: ResourceDef, name: str, modifier: str | None, raw: str
+                 ) -> tuple[int, str, ColumnElement[bool]] | ColumnElement[bool]:
+    """The SQL test for one ``name[:modifier]=raw`` parameter of a search on ``defn``: a test on the
+    resource row, or (rank, name, test on its index rows); raises :class:`InvalidInput` for a value that
+    can't be read, :class:`KeyError` for an unknown parameter or modifier."""
     values = _split_values(raw)
     if not values:
         raise InvalidInput(f"search parameter '{name}' has no value", expression=name)
@@ -217,7 +231,8 @@ def param_filter(defn: ResourceDef, name: str, modifier: str | None, raw: str) -
                 tests.append(FhirSearchIndex.value.like(f"{norm}%", escape="\\"))
         else:
             tests.append(_quantity_test(v, name))
-    return _idx(defn, name, or_(*tests))
+    rank = _RANK[param.kind] + (5 if any(v.startswith(("ne", "gt", "lt", "ge", "le")) for v in values) else 0)
+    return rank, name, or_(*tests)
 
 
 def _include(value: str, name: str) -> Include:
@@ -280,7 +295,11 @@ def parse_search(defn: ResourceDef, params: list[tuple[str, str]], *, strict: bo
             elif name in RESULT_PARAMS:
                 continue  # _total, _format, _pretty: accepted, no effect (total is always computed)
             else:
-                req.filters.append(param_filter(defn, name, modifier or None, value))
+                got = param_filter(defn, name, modifier or None, value)
+                if isinstance(got, tuple):
+                    req.index_tests.append(got)
+                else:
+                    req.filters.append(got)
             req.applied.append((key, value))
         except KeyError as exc:
             unknown(str(exc.args[0]) if exc.args[0] != name else key, "not supported for " + defn.type)

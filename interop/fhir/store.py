@@ -174,7 +174,7 @@ class FhirStore:
             raise InvalidInput("a conditional operation needs search parameters", expression="If-None-Exist")
         req = parse_search(served_type(type_), params, strict=True)
         q = select(FhirResource).where(FhirResource.res_type == type_, FhirResource.deleted.is_(False),
-                                       *req.filters).limit(2)
+                                       *req.where()).limit(2)
         return list(session.scalars(q))
 
     # -- create / update / delete -----------------------------------------------------------------------
@@ -325,7 +325,7 @@ class FhirStore:
             if req.snapshot is None:
                 req.snapshot = s.scalar(select(func.max(FhirResource.pk))) or 0
             where = [FhirResource.res_type == type_, FhirResource.deleted.is_(False),
-                     FhirResource.pk <= req.snapshot, *req.filters]
+                     FhirResource.pk <= req.snapshot, *req.where()]
             total = s.scalar(select(func.count()).select_from(FhirResource).where(*where)) or 0
             q = select(FhirResource).where(*where)
             if req.sort:

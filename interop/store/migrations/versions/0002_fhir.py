@@ -59,7 +59,7 @@ def upgrade() -> None:
                               unique=False)
         batch_op.create_index('ix_fhir_idx_low', ['res_type', 'param', 'low', 'resource_pk'], unique=False)
         batch_op.create_index('ix_fhir_idx_high', ['res_type', 'param', 'high', 'resource_pk'], unique=False)
-        batch_op.create_index('ix_fhir_idx_resource', ['resource_pk', 'param'], unique=False)
+        batch_op.create_index('ix_fhir_idx_resource', ['resource_pk', 'param', 'value', 'system'], unique=False)
         batch_op.create_index('ix_fhir_idx_target', ['value', 'system', 'param'], unique=False)
 
 
