@@ -9,11 +9,19 @@ from pathlib import Path
 import pytest
 from pydicom.data import get_testdata_file
 
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1, never one this test process has handed out before (a server's ports
+    are picked one by one, and the OS may offer a just-closed port again)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def require_tool(name: str) -> str:
