@@ -319,11 +319,17 @@ class _Builder:
             patient.pop("deceasedBoolean", None)
         return self.entry(patient, primary, update=authoritative)
 
+    def order_numbers(self, first: Segment, second: Segment | None) -> tuple[Resource | None, Resource | None]:
+        """(placer, filler) order numbers: field 2 / field 3 of ``first`` (ORC or OBR, which use the same
+        positions, §4.5.1.2-3, §4.5.3.2-3), else of ``second``."""
+        placer = self.ei(first, 2, "PLAC") or (self.ei(second, 2, "PLAC") if second else None)
+        filler = self.ei(first, 3, "FILL") or (self.ei(second, 3, "FILL") if second else None)
+        return placer, filler
+
     def report(self, obr: Segment, orc: Segment | None, subject: str) -> tuple[Resource, tuple[str, str]]:
         """OBR (§4.5.3, §7.4.1) → laboratory DiagnosticReport; returns it and the order number (system,
         value) its Observations are identified under."""
-        filler = self.ei(obr, 3, "FILL") or (self.ei(orc, 3, "FILL") if orc else None)
-        placer = self.ei(obr, 2, "PLAC") or (self.ei(orc, 2, "PLAC") if orc else None)
+        placer, filler = self.order_numbers(obr, orc)
         if filler is None and placer is None:
             raise RequiredFieldMissing("OBR-3 (filler order number) and OBR-2 (placer order number) are empty",
                                        expression=obr.where(3))
@@ -391,8 +397,7 @@ class _Builder:
     def service_request(self, orc: Segment, obr: Segment | None, tq1: Segment | None, ipc: Segment | None,
                         subject: str) -> None:
         """ORC (§4.5.1) + OBR/IPC → ServiceRequest (``intent=order``), written on the placer order number."""
-        placer = self.ei(orc, 2, "PLAC") or (self.ei(obr, 2, "PLAC") if obr else None)
-        filler = self.ei(orc, 3, "FILL") or (self.ei(obr, 3, "FILL") if obr else None)
+        placer, filler = self.order_numbers(orc, obr)
         if placer is None and filler is None:
             raise RequiredFieldMissing("ORC-2 (placer order number) and ORC-3 (filler order number) are empty",
                                        expression=orc.where(2))
