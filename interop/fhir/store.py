@@ -16,10 +16,10 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode
 
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, inspect, select, text, update
 from sqlalchemy.orm import Session
 
 from interop.errors import (
@@ -39,6 +39,29 @@ from interop.fhir.validation import served_type, valid_id, validate_resource
 from interop.store.db import Database
 
 _REFERENCE_PARAMS = frozenset(p.name for d in RESOURCES.values() for p in d.params if p.kind == "reference")
+
+#: The columns of a resource's current row as the write path reads them: Core rows, not ORM objects (the
+#: writes are Core statements, so the ORM keeps no copy of a resource that could go stale in the session).
+_CURRENT = (FhirResource.pk, FhirResource.res_type, FhirResource.res_id, FhirResource.version_id,
+            FhirResource.last_updated, FhirResource.deleted, FhirResource.content)
+#: A row with those columns (``sqlalchemy.engine.Row``; attribute access as on the ORM object).
+Current = Any
+_RESOURCES = cast(Table, FhirResource.__table__)
+_INDEX = cast(Table, FhirSearchIndex.__table__)
+_INSERT_RESOURCES = insert(_RESOURCES).returning(_RESOURCES.c.pk, sort_by_parameter_order=True)
+_UPDATE_RESOURCES = update(_RESOURCES).where(_RESOURCES.c.pk == bindparam("b_pk")).values(
+    version_id=bindparam("b_version"), last_updated=bindparam("b_updated"), deleted=bindparam("b_deleted"),
+    content=bindparam("b_content"))
+_INSERT_VERSIONS = insert(cast(Table, FhirVersion.__table__))
+_INSERT_INDEX = insert(_INDEX)
+#: ``match`` for one ``token=system|code`` parameter (a conditional on an identifier: the HL7 feed's every
+#: entry): the statement :func:`parse_search` and ``SearchRequest.where`` build for it, built once.
+_TOKEN_MATCH = select(*_CURRENT).where(
+    FhirResource.res_type == bindparam("m_type"), FhirResource.deleted.is_(False),
+    FhirResource.pk.in_(select(FhirSearchIndex.resource_pk).where(
+        FhirSearchIndex.res_type == bindparam("m_type"), FhirSearchIndex.param == bindparam("m_param"),
+        and_(FhirSearchIndex.value == bindparam("m_code"), FhirSearchIndex.system == bindparam("m_system")))),
+).limit(2)
 
 
 def _now() -> dt.datetime:
@@ -90,10 +113,61 @@ class Stored:
         return f"{self.type}/{self.id}/_history/{self.version_id}"
 
 
-def _stored(row: FhirResource, status: int = 200) -> Stored:
+def _stored(row: Current | FhirResource, status: int = 200) -> Stored:
     if row.content is None:
         raise Gone(f"{row.res_type}/{row.res_id} was deleted")
     return Stored(json.loads(row.content), row.res_type, row.res_id, row.version_id, row.last_updated, status)
+
+
+class _Batch:
+    """Writes gathered while a transaction runs, sent as one statement per table (executemany): the new
+    ``fhir_resources`` rows (their keys come back by RETURNING, in order), the updated ones, the replaced
+    index rows (one DELETE), the versions and the index rows."""
+
+    __slots__ = ("new", "children", "updates", "reindex", "versions", "index", "keys")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.new: list[dict[str, Any]] = []
+        #: Per new row: its version and index rows, which get its key once it is inserted.
+        self.children: list[list[dict[str, Any]]] = []
+        self.updates: list[dict[str, Any]] = []
+        self.reindex: list[int] = []
+        self.versions: list[dict[str, Any]] = []
+        self.index: list[dict[str, Any]] = []
+        #: (type, id) of every write not yet sent.
+        self.keys: set[tuple[str, str]] = set()
+
+    def flush(self, session: Session) -> None:
+        if not self.keys:
+            return
+        conn = session.connection()
+        if self.new:
+            pks = conn.execute(_INSERT_RESOURCES, self.new).scalars().all()
+            for pk, children in zip(pks, self.children, strict=True):
+                for child in children:
+                    child["resource_pk"] = pk
+        if self.updates:
+            conn.execute(_UPDATE_RESOURCES, self.updates)
+            _expire(session, {u["b_pk"] for u in self.updates})
+        if self.reindex:
+            conn.execute(delete(_INDEX).where(_INDEX.c.resource_pk.in_(self.reindex)))
+        if self.versions:
+            conn.execute(_INSERT_VERSIONS, self.versions)
+        if self.index:
+            conn.execute(_INSERT_INDEX, self.index)
+        self.clear()
+
+
+def _expire(session: Session, pks: set[int]) -> None:
+    """Expire ORM copies of rows just updated by Core statements (a search in the same session loads some)."""
+    for obj in list(session.identity_map.values()):
+        if isinstance(obj, FhirResource):
+            ident = inspect(obj).identity
+            if ident is not None and ident[0] in pks:
+                session.expire(obj)
 
 
 class FhirStore:
@@ -121,15 +195,16 @@ class FhirStore:
 
     # -- the one write path -----------------------------------------------------------------------------
 
-    def _row(self, session: Session, type_: str, id_: str, *, for_update: bool = False) -> FhirResource | None:
-        q = select(FhirResource).where(FhirResource.res_type == type_, FhirResource.res_id == id_)
+    def _row(self, session: Session, type_: str, id_: str, *, for_update: bool = False) -> Current | None:
+        q = select(*_CURRENT).where(FhirResource.res_type == type_, FhirResource.res_id == id_)
         if for_update and not self.db.is_sqlite:
             q = q.with_for_update()
-        return session.scalars(q).first()
+        return session.connection().execute(q).first()
 
-    def _write(self, session: Session, row: FhirResource | None, type_: str, id_: str,
-               data: dict[str, Any] | None, method: str) -> Stored:
-        """Store a new version of ``type_/id_`` (``data`` None: a delete) and re-index it."""
+    def _write(self, session: Session, row: Current | None, type_: str, id_: str,
+               data: dict[str, Any] | None, method: str, batch: _Batch | None = None) -> Stored:
+        """Store a new version of ``type_/id_`` (``data`` None: a delete) and re-index it. With ``batch`` the
+        statements are gathered there (the caller flushes it); otherwise they are sent at once."""
         now = _now()
         if row is not None and row.last_updated is not None:
             prev = row.last_updated if row.last_updated.tzinfo else row.last_updated.replace(tzinfo=dt.UTC)
@@ -146,36 +221,51 @@ class FhirStore:
                         "meta": {"versionId": str(version), "lastUpdated": instant(now), **meta}}
             resource.update({k: v for k, v in data.items() if k not in ("resourceType", "id", "meta")})
             content = json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
-        if row is None:
-            row = FhirResource(res_type=type_, res_id=id_, version_id=version, last_updated=now,
-                               deleted=data is None, content=content)
-            session.add(row)
-            session.flush()
-        else:
-            row.version_id, row.last_updated, row.deleted, row.content = version, now, data is None, content
-            session.execute(delete(FhirSearchIndex).where(FhirSearchIndex.resource_pk == row.pk))
-        session.add(FhirVersion(resource_pk=row.pk, version_id=version, last_updated=now, method=method,
-                                content=content))
+        b = batch if batch is not None else _Batch()
+        pk = row.pk if row is not None else None
+        children: list[dict[str, Any]] = []
+        children.append({"resource_pk": pk, "version_id": version, "last_updated": now, "method": method,
+                         "content": content})
+        b.versions.append(children[0])
         if data is not None:
-            rows = [{"resource_pk": row.pk, "res_type": type_, "param": r.param, "system": r.system,
+            rows = [{"resource_pk": pk, "res_type": type_, "param": r.param, "system": r.system,
                      "value": r.value, "low": r.low, "high": r.high} for r in index_rows(resource)]
-            if rows:
-                session.execute(insert(FhirSearchIndex), rows)
-        session.flush()
+            children.extend(rows)
+            b.index.extend(rows)
+        if row is None:
+            b.new.append({"res_type": type_, "res_id": id_, "version_id": version, "last_updated": now,
+                          "deleted": data is None, "content": content})
+            b.children.append(children)
+        else:
+            b.updates.append({"b_pk": row.pk, "b_version": version, "b_updated": now, "b_deleted": data is None,
+                              "b_content": content})
+            b.reindex.append(row.pk)
+        b.keys.add((type_, id_))
+        if batch is None:
+            b.flush(session)
         return Stored(resource, type_, id_, version, now, status)
 
     # -- conditional matching ---------------------------------------------------------------------------
 
-    def match(self, session: Session, type_: str, query: str) -> list[FhirResource]:
+    def match(self, session: Session, type_: str, query: str) -> list[Current]:
         """Live resources of ``type_`` matching a search query string (``identifier=sys|val``), for
         conditional create/update (http.html §3.1.0.8, §3.1.0.10.2). Unknown parameters are errors."""
         params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
         if not params:
             raise InvalidInput("a conditional operation needs search parameters", expression="If-None-Exist")
-        req = parse_search(served_type(type_), params, strict=True)
-        q = select(FhirResource).where(FhirResource.res_type == type_, FhirResource.deleted.is_(False),
-                                       *req.where()).limit(2)
-        return list(session.scalars(q))
+        defn = served_type(type_)
+        if len(params) == 1:
+            name, value = params[0]
+            param = defn.param(name) if ":" not in name else None
+            system, bar, code = value.partition("|")
+            if (param is not None and param.kind == "token" and bar and system and code
+                    and "," not in value and "\\" not in value):
+                return list(session.connection().execute(
+                    _TOKEN_MATCH, {"m_type": type_, "m_param": name, "m_code": code, "m_system": system}))
+        req = parse_search(defn, params, strict=True)
+        q = select(*_CURRENT).where(FhirResource.res_type == type_, FhirResource.deleted.is_(False),
+                                    *req.where()).limit(2)
+        return list(session.connection().execute(q))
 
     # -- create / update / delete -----------------------------------------------------------------------
 
@@ -199,21 +289,30 @@ class FhirStore:
         """Update (or create with a client id) ``type_/id_`` (http.html §3.1.0.4); ``if_match`` must name
         the current version (§3.1.0.5) or the update fails with 412 (409 when the resource is absent)."""
         validate_resource(resource, type_)
+        return self._update(type_, id_, resource, if_match, session)
+
+    def _update(self, type_: str, id_: str, resource: dict[str, Any], if_match: str | None,
+                session: Session | None) -> Stored:
+        """:meth:`update` of a resource already validated."""
         valid_id(id_)
         if resource.get("id") != id_:
             raise InvalidInput(f"the resource's id ({resource.get('id')!r}) must match the URL id ({id_!r})",
                                expression=f"{type_}.id")
         with self._session(session) as s:
             row = self._row(s, type_, id_, for_update=True)
-            if if_match is not None:
-                wanted = parse_etag(if_match)
-                if row is None or row.deleted:
-                    raise Conflict(f"{type_}/{id_} does not exist, so If-Match {if_match} cannot hold")
-                if row.version_id != wanted:
-                    raise PreconditionFailed(
-                        f"version conflict: {type_}/{id_} is at version {row.version_id}, If-Match named {wanted}"
-                    )
-            return self._write(s, row, type_, id_, resource, "PUT")
+            return self._put(s, row, type_, id_, resource, if_match)
+
+    def _put(self, s: Session, row: Current | None, type_: str, id_: str, resource: dict[str, Any],
+             if_match: str | None, batch: _Batch | None = None) -> Stored:
+        if if_match is not None:
+            wanted = parse_etag(if_match)
+            if row is None or row.deleted:
+                raise Conflict(f"{type_}/{id_} does not exist, so If-Match {if_match} cannot hold")
+            if row.version_id != wanted:
+                raise PreconditionFailed(
+                    f"version conflict: {type_}/{id_} is at version {row.version_id}, If-Match named {wanted}"
+                )
+        return self._write(s, row, type_, id_, resource, "PUT", batch)
 
     def conditional_update(self, type_: str, query: str, resource: dict[str, Any], *,
                            if_match: str | None = None, session: Session | None = None) -> Stored:
@@ -232,7 +331,7 @@ class FhirStore:
                                        expression=f"{type_}.id")
             else:
                 id_ = valid_id(resource["id"]) if resource.get("id") else str(uuid.uuid4())
-            return self.update(type_, id_, {**resource, "id": id_}, if_match=if_match, session=s)
+            return self._update(type_, id_, {**resource, "id": id_}, if_match, s)
 
     def delete(self, type_: str, id_: str, *, session: Session | None = None) -> None:
         """Delete (http.html §3.1.0.6): a new version without content; reads then answer 410. Refused
@@ -432,9 +531,10 @@ class FhirStore:
                                    expression=f"Bundle.entry[{i}].request.method")
             plan.append((i, e))
         plan.sort(key=lambda p: order[str(p[1]["request"]["method"]).upper()])
-        # Pass 1: the id every created/updated entry will have, so references can be rewritten.
+        # Pass 1: the id every created/updated entry will have, so references can be rewritten. ``known``:
+        # the row found (or None: certainly absent, a new id) is the current one unless written since.
         ids: dict[str, str] = {}
-        resolved: dict[int, tuple[str, str, FhirResource | None]] = {}
+        resolved: dict[int, _Resolved] = {}
         for i, e in plan:
             req = e["request"]
             method = str(req["method"]).upper()
@@ -453,40 +553,51 @@ class FhirStore:
                         raise PreconditionFailed(f"entry {i}: ifNoneExist matches more than one {type_}")
                     match = found[0] if found else None
                 new_id = match.res_id if match else str(uuid.uuid4())
-                resolved[i] = (type_, new_id, match)
+                resolved[i] = _Resolved(type_, new_id, match, True)
             elif method == "PUT":
                 served_type(type_)
+                row, known = None, False
                 if query is not None:
                     self._lock(s, f"{type_}?{query}")
                     found = self.match(s, type_, query)
                     if len(found) > 1:
                         raise PreconditionFailed(f"entry {i}: '{type_}?{query}' matches more than one resource")
                     body_id = res.get("id") if isinstance(res, dict) else None
-                    id_ = found[0].res_id if found else (body_id or str(uuid.uuid4()))
-                resolved[i] = (type_, valid_id(id_ or ""), None)
+                    if found:
+                        id_, row, known = found[0].res_id, found[0], True
+                    elif body_id:
+                        id_ = body_id
+                    else:
+                        id_, known = str(uuid.uuid4()), True
+                resolved[i] = _Resolved(type_, valid_id(id_ or ""), row, known)
             else:
                 continue
             full = e.get("fullUrl")
             if isinstance(full, str) and full:
-                ids[full] = f"{resolved[i][0]}/{resolved[i][1]}"
-        # Pass 2: run the entries.
+                ids[full] = f"{resolved[i].type}/{resolved[i].id}"
+        # Pass 2: run the entries; their writes go out together (one statement per table) at the end.
         results: dict[int, dict[str, Any]] = {}
+        batch = _Batch()
+        touched: set[tuple[str, str]] = set()
         for i, e in plan:
             try:
-                results[i] = self._run_entry(s, i, e, resolved.get(i), ids)
+                results[i] = self._run_entry(s, i, e, resolved.get(i), ids, batch, touched)
             except InteropError as exc:
                 exc.message = f"Bundle.entry[{i}]: {exc.message}"
                 exc.args = (exc.message,)
                 if exc.expression is None:
                     exc.expression = f"Bundle.entry[{i}]"
                 raise
+        batch.flush(s)
         return {"resourceType": "Bundle", "type": "transaction-response",
                 "entry": [results[i] for i in range(len(entries))]}
 
-    def _run_entry(self, s: Session, i: int, e: dict[str, Any], resolved: tuple[str, str, FhirResource | None]
-                   | None, ids: dict[str, str]) -> dict[str, Any]:
+    def _run_entry(self, s: Session, i: int, e: dict[str, Any], resolved: _Resolved | None, ids: dict[str, str],
+                   batch: _Batch, touched: set[tuple[str, str]]) -> dict[str, Any]:
         req = e["request"]
         method = str(req["method"]).upper()
+        if method in ("DELETE", "GET", "HEAD"):
+            batch.flush(s)  # these read what the entries before them wrote
         if method == "DELETE":
             type_, id_, query = _split_url(str(req.get("url", "")), i)
             if query is not None:
@@ -495,6 +606,7 @@ class FhirStore:
                     raise PreconditionFailed(f"'{type_}?{query}' matches more than one resource")
                 id_ = found[0].res_id if found else None
             if id_:
+                touched.add((type_, id_))
                 self.delete(type_, id_, session=s)
             return {"response": {"status": "204 No Content"}}
         if method in ("GET", "HEAD"):
@@ -505,18 +617,32 @@ class FhirStore:
             params = parse_qsl(query or "", keep_blank_values=True)
             return {"resource": self.search(type_, params, session=s), "response": {"status": "200 OK"}}
         assert resolved is not None
-        type_, id_, match = resolved
+        type_, id_, row = resolved.type, resolved.id, resolved.row
+        key = (type_, id_)
         resource = _rewrite_refs(e["resource"], ids)
         if method == "POST":
-            if match is not None:
-                got = _stored(match, 200)
+            if row is not None:
+                if key in touched:  # written by an earlier entry: as it is now
+                    batch.flush(s)
+                    row = self._row(s, type_, id_)
+                    if row is None:
+                        raise NotFound(f"{type_}/{id_} is not known")
+                got = _stored(row, 200)
             else:
                 validate_resource(resource, type_)
-                got = self._write(s, None, type_, id_, resource, "POST")
+                got = self._write(s, None, type_, id_, resource, "POST", batch)
         else:
             if method == "PATCH":
                 raise MethodNotAllowed("PATCH is not supported")
-            got = self.update(type_, id_, {**resource, "id": id_}, if_match=req.get("ifMatch"), session=s)
+            body = {**resource, "id": id_}
+            validate_resource(body, type_)
+            valid_id(id_)
+            if key in touched or not resolved.known or (row is not None and not self.db.is_sqlite):
+                # Read (on PostgreSQL lock) the current row; pass 1's is reused only while nothing changed it.
+                batch.flush(s)
+                row = self._row(s, type_, id_, for_update=True)
+            got = self._put(s, row, type_, id_, body, req.get("ifMatch"), batch)
+        touched.add(key)
         return {"fullUrl": f"{type_}/{id_}", "resource": got.resource, "response": _response(got)}
 
     def batch(self, bundle: dict[str, Any]) -> dict[str, Any]:
@@ -534,6 +660,17 @@ class FhirStore:
             out.append(resp)
             _ = i
         return {"resourceType": "Bundle", "type": "batch-response", "entry": out}
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """Pass 1 of a transaction for a POST/PUT entry: its type and id, and the current row found by its
+    condition (``known``: that row, or its absence, holds unless an earlier entry writes the resource)."""
+
+    type: str
+    id: str
+    row: Current | None
+    known: bool
 
 
 _REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
