@@ -300,12 +300,9 @@ class _Builder:
             patient["name"] = [n for n in names if n]
         if pid.value(7):
             patient["birthDate"] = _date(pid.value(7), pid.where(7))
-        sex = pid.value(8)
-        if sex:
-            if sex not in GENDER:
-                raise TableValueNotFound(f"PID-8 administrative sex {sex!r} is not in HL7 table 0001",
-                                         expression=pid.where(8))
-            patient["gender"] = GENDER[sex]
+        gender = _lookup(pid, 8, GENDER, "administrative sex", "0001")
+        if gender:
+            patient["gender"] = gender
         addresses = [_address(rep) for rep in pid.field(11)]
         if any(addresses):
             patient["address"] = [a for a in addresses if a]
@@ -344,12 +341,9 @@ class _Builder:
             "subject": {"reference": subject},
             "result": [],
         }
-        status = obr.value(25)
+        status = _lookup(obr, 25, OBR_STATUS, "result status", "0123")
         if status:
-            if status not in OBR_STATUS:
-                raise TableValueNotFound(f"OBR-25 result status {status!r} is not in HL7 table 0123",
-                                         expression=obr.where(25))
-            report["status"] = OBR_STATUS[status]
+            report["status"] = status
         if obr.value(7):
             report["effectiveDateTime"] = self.datetime(obr.value(7), obr.where(7))
         if obr.value(22):
@@ -366,9 +360,7 @@ class _Builder:
         status_code = obx.value(11)
         if not status_code:
             raise RequiredFieldMissing("OBX-11 (observation result status) is empty", expression=obx.where(11))
-        if status_code not in OBX_STATUS:
-            raise TableValueNotFound(f"OBX-11 result status {status_code!r} is not in HL7 table 0085",
-                                     expression=obx.where(11))
+        _lookup(obx, 11, OBX_STATUS, "result status", "0085")
         local = "/".join(p for p in (order[1], obx.value(3, 1), obx.value(4)) if p)
         obs: Resource = {
             "resourceType": "Observation",
@@ -403,13 +395,11 @@ class _Builder:
                                        expression=orc.where(2))
         primary = placer or filler
         assert primary is not None
-        status_src, table, where = (orc.value(5), ORC5_STATUS, orc.where(5)) if orc.value(5) else (
-            orc.value(1), ORC1_STATUS, orc.where(1))
-        if not status_src:
+        # ORC-5 order status where given, else what ORC-1 order control implies.
+        status = (_lookup(orc, 5, ORC5_STATUS, "order status", "0038")
+                  or _lookup(orc, 1, ORC1_STATUS, "order control", "0119"))
+        if status is None:
             raise RequiredFieldMissing("ORC-1 (order control) is empty", expression=orc.where(1))
-        if status_src not in table:
-            raise TableValueNotFound(f"{where.split('[')[0]}-{where.rsplit('-', 1)[1]} value {status_src!r} is "
-                                     "not in its HL7 table (0038 / 0119)", expression=where)
         if obr is None:
             raise SegmentError("order has no OBR (the service requested, OBR-4)", expression=orc.where(1))
         identifiers = [i for i in (placer, filler) if i]
@@ -420,7 +410,7 @@ class _Builder:
         sr: Resource = {
             "resourceType": "ServiceRequest",
             "identifier": identifiers,
-            "status": table[status_src],
+            "status": status,
             "intent": "order",
             "code": self.concept(obr, 4, required=True),
             "subject": {"reference": subject},
@@ -527,6 +517,18 @@ class _Builder:
 
 
 # -- small helpers -------------------------------------------------------------------------------------------
+
+
+def _lookup(seg: Segment, n: int, table: Mapping[str, str], what: str, table_id: str) -> str | None:
+    """Field ``n`` of ``seg`` through an HL7 table: its mapped value, ``None`` when the field is empty,
+    :class:`TableValueNotFound` (AE, ERR-3 103) when the value is not in the table."""
+    value = seg.value(n)
+    if not value:
+        return None
+    if value not in table:
+        raise TableValueNotFound(f"{seg.id}-{n} {what} {value!r} is not in HL7 table {table_id}",
+                                 expression=seg.where(n))
+    return table[value]
 
 
 def _c(rep: list[list[str]], n: int) -> str:
