@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh Debian 12 machine:
 #   bash tests/run.sh [pytest args...]
-# Installs the real peers the tests talk to (dcmtk, PostgreSQL, Orthanc, dicom3tools) with apt-get when
-# running as root and they are missing, makes .venv, installs the project with its test extras, then runs
+# Installs the real peers the tests talk to (dcmtk, PostgreSQL, Orthanc, dicom3tools, Redis) and data
+# (mricron-data: the Colin27 MRI and atlases) with apt-get when running as root and they are missing, makes .venv, installs the project with its test extras, then runs
 # ruff, mypy and pytest. Tests whose peer could not be installed are reported as skipped with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-peers=(dcmtk postgresql orthanc orthanc-dicomweb dicom3tools)
+peers=(dcmtk postgresql orthanc orthanc-dicomweb dicom3tools redis-server mricron-data)
 missing=()
 for p in "${peers[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -55,8 +55,8 @@ for spec in "${npm_pkgs[@]}"; do
 done
 
 echo "== ruff"
-.venv/bin/ruff check interop tests bench
+.venv/bin/ruff check interop operators apps tests bench
 echo "== mypy"
-.venv/bin/mypy interop
+.venv/bin/mypy interop operators apps
 echo "== pytest"
 exec .venv/bin/pytest -rs "$@"
