@@ -1,0 +1,4 @@
+from apps.lab_severity.app import LabSeverityApp
+from operators.launch import main
+
+main(LabSeverityApp)
