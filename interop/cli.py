@@ -2,6 +2,7 @@
 
 * ``interop serve``: every role in one process (HTTP, DICOM listener, study assembly) on the settings;
 * ``interop token``: mint a bearer token for scripts and tests;
+* ``interop worker``: a Celery inference worker (``jobs.executor = "celery"``);
 * ``interop migrate``: bring the database schema up to date (``serve`` does this too);
 * ``interop store check``: list stored objects that no index row points at (left by a crash);
 * ``interop hl7 replay``: re-process stored HL7 v2 messages; ``interop hl7 check``: full structure check.
@@ -51,6 +52,25 @@ def _serve(args: argparse.Namespace) -> int:
     )
     uvicorn.run(app, host=settings.http.host, port=settings.http.port, log_level=settings.log_level.lower(),
                 access_log=False)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from interop.jobs.celery_app import build_worker_app
+
+    settings = _settings(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.jobs.broker_url:
+        print("interop worker: set jobs.broker_url (INTEROP_JOBS__BROKER_URL) to the Celery broker", file=sys.stderr)
+        return 2
+    from interop.store.db import Database
+
+    Database(settings.db_url).migrate()
+    app = build_worker_app(settings)
+    concurrency = args.concurrency or settings.jobs.local_workers
+    app.worker_main(["worker", "--pool", "threads", "--concurrency", str(concurrency), "-Q", "interop",
+                     "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle",
+                     *(["--hostname", args.hostname] if args.hostname else [])])
     return 0
 
 
@@ -145,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_token)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+
+    w = sub.add_parser("worker", help="run a Celery inference worker (jobs.executor = celery)")
+    w.add_argument("--concurrency", type=int, default=0, help="apps run at once (default jobs.local_workers)")
+    w.add_argument("--hostname", help="Celery node name (default celery@<host>)")
+    w.set_defaults(func=_worker)
 
     st = sub.add_parser("store", help="storage maintenance")
     st_sub = st.add_subparsers(dest="store_command", required=True)

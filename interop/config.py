@@ -113,6 +113,102 @@ class AuthSettings(_Section):
     token_ttl_seconds: int = Field(3600, gt=0)
 
 
+Priority = Literal["stat", "routine"]
+
+
+class StudyMatch(_Section):
+    """DICOM attributes a study must have for a rule to fire; each list is any-of, an empty list matches all.
+
+    Matching is per series: the series that match every criterion are the job's input (their instances are
+    the exact instance set of its idempotency key)."""
+
+    modalities: list[str] = Field(default_factory=list)  # (0008,0060), e.g. ["CR", "DX"]
+    body_parts: list[str] = Field(default_factory=list)  # (0018,0015), e.g. ["CHEST"]
+    sop_classes: list[str] = Field(default_factory=list)  # (0008,0016) UIDs
+    #: Regular expression searched (case-insensitive) in (0008,103E) Series Description.
+    series_description: str | None = None
+    calling_aes: list[str] = Field(default_factory=list)  # the AE title that sent the instances
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex_compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            import re
+
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"series_description is not a valid regular expression: {exc}") from None
+        return v
+
+
+class LabMatch(_Section):
+    """A lab set: every code must have a result for the patient within the window."""
+
+    #: LOINC codes (``1975-2``) or ``system|code`` tokens.
+    codes: list[str] = Field(min_length=1)
+    within_hours: float = Field(72.0, gt=0)
+
+
+class RoutingRule(_Section):
+    """Which app a study or a patient's labs go to (issue: routing rules as data).
+
+    A rule with ``study`` fires when a study becomes ready and a series matches (and, with ``labs`` too, only
+    when the patient has that lab set). A rule with only ``labs`` fires when a patient's results complete the
+    lab set."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    app: str = Field(min_length=1)
+    priority: Priority = "routine"
+    enabled: bool = True
+    study: StudyMatch | None = None
+    labs: LabMatch | None = None
+
+    @model_validator(mode="after")
+    def _has_trigger(self) -> RoutingRule:
+        if self.study is None and self.labs is None:
+            raise ValueError(f"rule {self.name!r} needs a 'study' match, a 'labs' set, or both")
+        return self
+
+
+class RoutingSettings(_Section):
+    #: Rules from the configuration file; the API can add and edit rules too (kept in the database).
+    rules: list[RoutingRule] = Field(default_factory=list)
+
+
+class JobSettings(_Section):
+    """Jobs and the executor that runs them (interop.jobs)."""
+
+    executor: Literal["local", "celery"] = "local"
+    #: Apps the local executor runs at once (one per GPU, or a CPU pool).
+    local_workers: int = Field(1, ge=1)
+    #: GPU ids for the local executor: one slot per GPU, each app run pinned by CUDA_VISIBLE_DEVICES.
+    gpus: list[str] = Field(default_factory=list)
+    #: Keep a child process with torch/MONAI/Holoscan already imported, waiting for the next job.
+    prewarm: bool = True
+    #: Attempts before a job ends ``failed`` (the app reported an error) or ``dead`` (it never came back).
+    max_attempts: int = Field(3, ge=1)
+    #: Delay before the second attempt; doubles with each further attempt.
+    backoff_seconds: float = Field(10.0, ge=0)
+    #: A running job's lease: its worker renews it; one not renewed for this long is re-queued.
+    lease_seconds: float = Field(30.0, gt=0)
+    #: Default timeout of an app run (app.yaml may set its own).
+    timeout_seconds: float = Field(600.0, gt=0)
+    #: Extra directories holding app folders (``<dir>/<app>/app.yaml``) besides the bundled ``apps/``; each
+    #: directory is put on the app process's import path.
+    apps_dirs: list[Path] = Field(default_factory=list)
+    #: A site's own model bundle per app, replacing the app's demonstration model (``{"cxr_triage": "/models/cxr"}``).
+    models: dict[str, Path] = Field(default_factory=dict)
+    #: Celery broker for ``executor = "celery"`` (``redis://host:6379/0`` or ``amqp://...``).
+    broker_url: str | None = None
+
+    @model_validator(mode="after")
+    def _broker_for_celery(self) -> JobSettings:
+        if self.executor == "celery" and not self.broker_url:
+            raise ValueError("jobs.executor = 'celery' needs jobs.broker_url")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="INTEROP_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -126,6 +222,8 @@ class Settings(BaseSettings):
     studies: StudySettings = StudySettings()
     auth: AuthSettings = AuthSettings()
     hl7: Hl7Settings = Hl7Settings()
+    routing: RoutingSettings = RoutingSettings()
+    jobs: JobSettings = JobSettings()
     log_level: str = "INFO"
 
     @classmethod

@@ -12,6 +12,11 @@ from interop.dicom.listener import DimseListener
 from interop.fhir import FhirStore
 from interop.hl7v2 import MessageLog, MllpListener
 from interop.hl7v2.messages import mapping_options
+from interop.jobs.executors import CeleryExecutor, Executor, JobService, LocalExecutor
+from interop.jobs.queue import JobQueue
+from interop.jobs.registry import AppRegistry
+from interop.routing.router import Router
+from interop.routing.rules import RuleStore
 from interop.store.blobs import FileBlobStore
 from interop.store.db import Database
 from interop.store.instances import InstanceStore
@@ -40,6 +45,20 @@ class Node:
         # HL7 v2: each message and the FHIR resources it maps to are committed together, before AA.
         self.hl7 = MessageLog(self.db, self.fhir.transaction, mapping_options(settings.hl7))
         self.mllp = MllpListener(settings.hl7, self.hl7)
+        # Routing and jobs: ready studies and completed lab sets become jobs; an executor runs the apps.
+        self.apps = AppRegistry(settings.jobs.apps_dirs, settings.jobs.models)
+        self.rules = RuleStore(self.db)
+        self.queue = JobQueue(self.db, lease_seconds=settings.jobs.lease_seconds)
+        self.executor: Executor
+        if settings.jobs.executor == "celery":
+            self.executor = CeleryExecutor(settings.jobs, self.queue)
+        else:
+            self.executor = LocalExecutor(settings.jobs, db=self.db, blobs=self.blobs, fhir=self.fhir,
+                                          registry=self.apps, queue=self.queue, work_dir=settings.data_dir / "work")
+        self.jobs = JobService(self.queue, self.executor, settings.jobs)
+        self.router = Router(self.db, self.fhir, self.rules, self.apps, self.queue, settings.jobs,
+                             on_new_jobs=self.jobs.notify)
+        self.assembler.subscribe(lambda _event: self.router.wake())
         self.started = False
 
     def start(self) -> None:
@@ -49,15 +68,23 @@ class Node:
             log.info("removed %d partial file(s) left by an earlier run", removed)
         # Received DICOM streams land next to the objects, so storing them is a rename, not a copy.
         tempfile.tempdir = str(self.blobs.temp_dir())
+        self.apps.check_rule_apps([r.app for r in self.settings.routing.rules])
+        self.rules.sync_config(self.settings.routing.rules)
         self.dimse.start()
         self.mllp.start()
         self.assembler.start()
+        # A spare app process (torch and MONAI imported) only pays off when some rule can queue work.
+        warm = any(r.enabled for r in self.rules.rules())
+        self.jobs.start(local=self.settings.jobs.executor == "local", warm=warm)
+        self.router.start()
         self.started = True
 
     def stop(self) -> None:
         self.mllp.stop()
         self.dimse.stop()
         self.assembler.stop()
+        self.router.stop()
+        self.jobs.stop()
         self.db.dispose()
         self.started = False
 

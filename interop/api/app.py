@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from interop.api import errors, health, studies
+from interop.api import errors, health, jobs, studies
 from interop.node import Node
 
 
@@ -38,6 +38,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(studies.router)
+    app.include_router(jobs.router)
     app.include_router(dicomweb_router, prefix="/dicomweb")
     app.include_router(fhir_router, prefix="/fhir")
     return app

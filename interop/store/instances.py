@@ -15,6 +15,7 @@ success. A different data set under a stored UID follows ``duplicate_policy``:
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -384,8 +385,13 @@ class InstanceStore:
             return dcmread(fp, stop_before_pixels=True, defer_size=4096)
 
     def orphan_blobs(self) -> list[str]:
-        """Blob keys no index row points at (left by a crash between file and commit)."""
+        """Blob keys no index row points at (left by a crash between file and commit): neither an instance nor
+        a job result's array."""
+        from interop.jobs.models import JobResult
+
         with self.db.reading() as s:
             known = set(s.scalars(select(Instance.blob_key)))
+            for arrays in s.scalars(select(JobResult.arrays)):
+                known.update(json.loads(arrays).values())
         return [k for k in self.blobs.iter_keys() if k not in known]
 

@@ -1,0 +1,202 @@
+"""Executors: where jobs run. One interface, two implementations.
+
+- :class:`LocalExecutor` (default): worker threads in the server, each running one app at a time in a child
+  process (one slot per GPU when ``jobs.gpus`` is set, pinned with ``CUDA_VISIBLE_DEVICES``; else a CPU pool
+  of ``jobs.local_workers``). Each slot takes the most urgent due job itself, so ``stat`` runs before
+  ``routine``.
+- :class:`CeleryExecutor`: the server hands due jobs to Celery (Redis or RabbitMQ broker, most urgent first);
+  ``interop worker`` processes on any machine that shares the database and the blob store run them. If a
+  worker dies mid-job its lease expires, the server re-queues the job and hands it out again; the fencing
+  token keeps the dead run from ever completing it.
+
+Both are driven by :class:`JobService`, which owns the lease reaper.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Protocol
+
+from interop.config import JobSettings
+from interop.fhir.store import FhirStore
+from interop.jobs.queue import JobQueue
+from interop.jobs.registry import AppRegistry
+from interop.jobs.worker import Worker
+from interop.store.blobs import BlobStore
+from interop.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+def worker_prefix(kind: str) -> str:
+    """``<kind>@<host>:<pid>``: the owner prefix of this process's leases (kind ``local`` or ``celery``)."""
+    return f"{kind}@{socket.gethostname()}:{os.getpid()}"
+
+
+class Executor(Protocol):
+    def start(self, warm: bool = True) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def notify(self) -> None:
+        """New or newly due jobs exist."""
+
+
+class LocalExecutor:
+    def __init__(self, settings: JobSettings, make_worker: type[Worker] | None = None, *, db: Database,
+                 blobs: BlobStore, fhir: FhirStore, registry: AppRegistry, queue: JobQueue, work_dir: Path) -> None:
+        self.settings = settings
+        self.queue = queue
+        self._wake = threading.Condition()
+        self._pending = False
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        gpus = settings.gpus
+        slots = len(gpus) if gpus else settings.local_workers
+        self.workers: list[Worker] = []
+        for i in range(slots):
+            env = dict(os.environ)
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = gpus[i]
+            self.workers.append(Worker(db=db, blobs=blobs, fhir=fhir, registry=registry, queue=queue,
+                                       work_dir=work_dir, name=f"{worker_prefix('local')}:{i}",
+                                       prewarm=settings.prewarm, env=env))
+
+    def notify(self) -> None:
+        with self._wake:
+            self._pending = True
+            self._wake.notify_all()
+
+    def _loop(self, worker: Worker, warm: bool) -> None:
+        if warm:
+            worker.warm_up()
+        while not self._stop.is_set():
+            try:
+                ran = worker.run_next()
+            except Exception:
+                log.exception("%s: job run failed unexpectedly", worker.name)
+                ran = False
+            if ran:
+                continue
+            try:
+                due = self.queue.next_due_in()
+            except Exception:
+                log.exception("job queue unreadable")
+                due = None
+            wait = 1.0 if due is None else min(1.0, max(0.01, due))
+            with self._wake:
+                if not self._pending:
+                    self._wake.wait(wait)
+                self._pending = False
+        worker.close()
+
+    def start(self, warm: bool = True) -> None:
+        """Start the slots; with ``warm`` each starts its spare app process now (else after its first job)."""
+        self._stop.clear()
+        for w in self.workers:
+            slot = w.name.rsplit(":", 1)[-1]
+            t = threading.Thread(target=self._loop, args=(w, warm), name=f"job-slot-{slot}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.notify()
+        for t in self._threads:
+            t.join(timeout=15)
+        self._threads = []
+
+
+class CeleryExecutor:
+    """Hands due jobs to Celery; the workers are ``interop worker`` processes (interop.jobs.celery_app)."""
+
+    def __init__(self, settings: JobSettings, queue: JobQueue) -> None:
+        from interop.jobs.celery_app import make_celery
+
+        self.settings = settings
+        self.queue = queue
+        self.celery = make_celery(settings)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: A job handed out but not claimed for this long is handed out again (its message may be lost).
+        self.resend_after = dt.timedelta(seconds=max(5.0, settings.lease_seconds))
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def dispatch(self) -> int:
+        n = 0
+        for job_id, priority in self.queue.to_dispatch(self.resend_after):
+            self.celery.send_task("interop.run_job", args=[job_id], queue="interop",
+                                  priority=0 if priority == "stat" else 5)
+            n += 1
+        return n
+
+    def start(self, warm: bool = True) -> None:
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.dispatch()
+                except Exception:
+                    log.exception("handing jobs to Celery failed; will retry")
+                self._wake.wait(0.5)
+                self._wake.clear()
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=run, name="celery-dispatch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+class JobService:
+    """The node's job side: the executor and the lease reaper (jobs whose worker vanished)."""
+
+    def __init__(self, queue: JobQueue, executor: Executor, settings: JobSettings) -> None:
+        self.queue = queue
+        self.executor = executor
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, *, local: bool, warm: bool = True) -> None:
+        if local:
+            # Anything this node's local slots held when it last stopped was lost with it.
+            lost = self.queue.reap(owner_prefix=worker_prefix("local").rsplit(":", 1)[0] + ":")
+            if lost:
+                log.warning("re-queued %d job(s) that were running when the node stopped: %s", len(lost), lost)
+        self.executor.start(warm)
+        interval = max(0.5, min(5.0, self.settings.lease_seconds / 4))
+
+        def reap() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    if self.queue.reap():
+                        self.executor.notify()
+                except Exception:
+                    log.exception("lease reaper failed; will retry")
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=reap, name="job-reaper", daemon=True)
+        self._thread.start()
+
+    def notify(self, _: list[int] | None = None) -> None:
+        self.executor.notify()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.executor.stop()

@@ -1,0 +1,126 @@
+"""Tables of the job queue: jobs, their attempts, their results, the routing rules and the routers' cursors.
+
+A job is one app run on one exact input (a set of DICOM instances, or a set of Observation versions). Its
+``idempotency_key`` (app + model version + that input) is unique, so a study delivered twice, or a rule
+evaluated twice, queues one job. States (see :mod:`interop.jobs.queue`)::
+
+    queued ──▶ running ──▶ succeeded
+      ▲           │
+      │           ├──▶ retrying ──(backoff)──▶ running ...
+      │           ├──▶ failed     the app reported an error on its last allowed attempt (or one no retry mends)
+      │           ├──▶ dead       it never came back (timed out, or its worker was lost) on its last attempt
+      └─ retry ───┴──▶ cancelled
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from interop.store.models import UID, Base, utcnow
+
+STATES = ("queued", "running", "retrying", "succeeded", "failed", "dead", "cancelled")
+FINAL_STATES = ("succeeded", "failed", "dead", "cancelled")
+#: Lower runs first.
+PRIORITY_RANK = {"stat": 0, "routine": 1}
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    app: Mapped[str] = mapped_column(String(64))
+    app_version: Mapped[str] = mapped_column(String(32))
+    model_version: Mapped[str] = mapped_column(String(64))
+    #: The routing rule that made it, or ``request`` for one asked for through the API.
+    rule: Mapped[str] = mapped_column(String(64))
+    #: ``study`` (a ready study), ``labs`` (a completed lab set) or ``request``.
+    trigger: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[str] = mapped_column(String(8))
+    priority_rank: Mapped[int] = mapped_column(Integer)
+    study_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: JSON: {"series_uids": [...], "sop_instance_uids": [...]} or {"patient": "Patient/1", "observations": [...]}.
+    inputs: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    backoff_seconds: Mapped[float] = mapped_column(Float)
+    timeout_seconds: Mapped[float] = mapped_column(Float)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    #: Fencing token of the current run: only the run holding it may finish the job.
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: When the job was last handed to the executor's transport (Celery); cleared when it needs sending again.
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Why the last attempt failed (kept once the job has succeeded after a retry, for the record).
+    error: Mapped[str | None] = mapped_column(Text)
+    #: When the trigger happened (study ready, lab set complete, request): the start of the latency clock.
+    triggered_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_jobs_due", "state", "priority_rank", "next_attempt_at", "id"),)
+
+
+class JobAttempt(Base):
+    """One run of a job: who ran it, how it ended and why."""
+
+    __tablename__ = "job_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(128))
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: ``running``, ``succeeded``, ``error`` (the app failed), ``timeout``, ``lost`` (worker gone), ``cancelled``.
+    outcome: Mapped[str] = mapped_column(String(16), default="running")
+    reason: Mapped[str | None] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class JobResult(Base):
+    """What a succeeded job's app produced (operators.app_result.AppResult) and where its arrays are."""
+
+    __tablename__ = "job_results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    demonstration: Mapped[bool] = mapped_column(Boolean)
+    #: The result JSON (result.json as the app wrote it).
+    content: Mapped[str] = mapped_column(Text)
+    #: JSON object: array file name -> blob key.
+    arrays: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RoutingRuleRow(Base):
+    """A routing rule (interop.config.RoutingRule as JSON); ``source`` is ``config`` or ``api``."""
+
+    __tablename__ = "routing_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    definition: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(8))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RouterCursor(Base):
+    """How far a router has read a log (study events by id; FHIR Observations by last update)."""
+
+    __tablename__ = "router_cursors"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,114 @@
+"""The apps this node can run: each folder with an ``app.yaml`` (MONAI Deploy's app manifest plus our
+``interop:`` section) under the bundled ``apps/`` package and the configured ``jobs.apps_dirs``.
+
+``interop:`` section keys: ``module`` (run as ``python -m <module> -i IN -o OUT -m MODEL``), ``model`` (the
+default model bundle, relative to the app folder; ``jobs.models`` replaces it per site), ``input`` (``dicom``
+or ``labs``), ``timeout_seconds``, and for lab apps ``labs`` (the LOINC codes it needs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from interop.errors import InvalidInput, NotFound
+from operators.model_bundle import ModelBundleError, read_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    name: str
+    version: str
+    folder: Path
+    module: str
+    model_path: Path
+    input: str  # "dicom" | "labs"
+    timeout_seconds: float | None
+    labs: tuple[str, ...] = ()
+    #: The directory to put on PYTHONPATH so that ``module`` imports (the parent of the apps package).
+    python_path: Path = field(default=Path("."))
+
+    def model_version(self) -> str:
+        """The model bundle's version, or ``unavailable`` when the bundle can't be read (the run then fails
+        with the reason, visible on the job)."""
+        try:
+            return str(read_metadata(self.model_path)["version"])
+        except ModelBundleError as exc:
+            log.warning("app %s: %s", self.name, exc)
+            return "unavailable"
+
+    def idempotency_key(self, model_version: str, inputs: dict[str, Any]) -> str:
+        """sha256 of app, model version and the exact input (sorted UIDs / Observation versions)."""
+        canon = json.dumps({"app": self.name, "model": model_version,
+                            "inputs": {k: sorted(v) if isinstance(v, list) else v for k, v in inputs.items()}},
+                           sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "module": self.module, "input": self.input,
+                "model_path": str(self.model_path), "model_version": self.model_version(),
+                "timeout_seconds": self.timeout_seconds, "labs": list(self.labs)}
+
+
+def _bundled_apps_dir() -> Path:
+    import apps
+
+    return Path(apps.__file__).parent
+
+
+def load_app(folder: Path, models: dict[str, Path], python_path: Path) -> AppSpec:
+    manifest = yaml.safe_load((folder / "app.yaml").read_text(encoding="utf-8")) or {}
+    app = manifest.get("application") or {}
+    ours = manifest.get("interop") or {}
+    name = folder.name
+    if "module" not in ours or ours.get("input") not in ("dicom", "labs"):
+        raise ValueError(f"{folder / 'app.yaml'}: 'interop:' needs 'module' and 'input' (dicom or labs)")
+    model = models.get(name) or (folder / str(ours.get("model", "model")))
+    return AppSpec(
+        name=name,
+        version=str(app.get("version", "0")),
+        folder=folder,
+        module=str(ours["module"]),
+        model_path=Path(model).absolute(),
+        input=str(ours["input"]),
+        timeout_seconds=float(ours["timeout_seconds"]) if ours.get("timeout_seconds") else None,
+        labs=tuple(str(c) for c in ours.get("labs") or ()),
+        python_path=python_path,
+    )
+
+
+class AppRegistry:
+    def __init__(self, apps_dirs: list[Path] | None = None, models: dict[str, Path] | None = None) -> None:
+        self.apps: dict[str, AppSpec] = {}
+        bundled = _bundled_apps_dir()
+        roots = [(bundled, bundled.parent)] + [(Path(d), Path(d)) for d in apps_dirs or []]
+        for root, python_path in roots:
+            for manifest in sorted(root.glob("*/app.yaml")):
+                try:
+                    spec = load_app(manifest.parent, dict(models or {}), python_path)
+                except (OSError, ValueError, yaml.YAMLError) as exc:
+                    log.error("app at %s not loaded: %s", manifest.parent, exc)
+                    continue
+                self.apps[spec.name] = spec
+        unknown = set(models or {}) - set(self.apps)
+        if unknown:
+            raise ValueError(f"jobs.models names unknown app(s): {', '.join(sorted(unknown))}")
+
+    def get(self, name: str) -> AppSpec:
+        try:
+            return self.apps[name]
+        except KeyError:
+            raise NotFound(f"no app named {name!r} (known: {', '.join(sorted(self.apps)) or 'none'})") from None
+
+    def check_rule_apps(self, app_names: list[str]) -> None:
+        missing = sorted({a for a in app_names if a not in self.apps})
+        if missing:
+            raise InvalidInput(f"routing rule names unknown app(s): {', '.join(missing)}")

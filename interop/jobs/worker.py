@@ -1,0 +1,293 @@
+"""Running one job: claim it, lay out its input, run the app in a child process, keep the lease, record
+the outcome. The local executor's threads and the Celery workers both use :class:`Worker`.
+
+The app runs as ``python -m <module> -i IN -o OUT -m MODEL`` (the MONAI Deploy App SDK convention) in its own
+process group with a 32 MB stack limit (Holoscan), in a scratch directory under ``<data_dir>/work``. Its input
+is the job's exact instance set (DICOM files linked from the store) or its exact Observation versions
+(``labs.json``, a FHIR collection Bundle). Its result (operators.app_result) is stored with the job; the
+arrays go to the blob store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import select
+
+from interop.errors import InteropError
+from interop.fhir.store import FhirStore
+from interop.jobs.queue import Claim, JobQueue
+from interop.jobs.registry import AppRegistry, AppSpec
+from interop.store.blobs import BlobStore
+from interop.store.db import Database
+from interop.store.models import Instance, Series
+from operators.app_result import AppResult
+
+log = logging.getLogger(__name__)
+
+STACK_BYTES = 32 * 1024 * 1024
+
+
+def _child_setup() -> None:
+    """In the child before exec: Holoscan's 32 MB stack, and a process group of its own (killed as one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    if soft != resource.RLIM_INFINITY and soft < STACK_BYTES:
+        target = STACK_BYTES if hard == resource.RLIM_INFINITY else min(STACK_BYTES, hard)
+        resource.setrlimit(resource.RLIMIT_STACK, (target, hard))
+    os.setsid()
+
+
+class AppProcess:
+    """A started ``interop.jobs.appproc`` child, imports done or under way, waiting for its one job."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "interop.jobs.appproc"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, preexec_fn=_child_setup, env=env, close_fds=True,
+        )
+        self.started = time.monotonic()
+
+    def run(self, spec: AppSpec, argv: list[str], cwd: Path, stdout: Path, stderr: Path) -> None:
+        line = json.dumps({"module": spec.module, "argv": argv, "cwd": str(cwd), "stdout": str(stdout),
+                           "stderr": str(stderr), "python_path": [str(spec.python_path)]})
+        stdin: IO[bytes] | None = self.proc.stdin
+        assert stdin is not None
+        stdin.write(line.encode() + b"\n")
+        stdin.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def discard(self) -> None:
+        """Not needed: close its stdin (it exits at once) and reap it."""
+        if self.proc.poll() is None:
+            try:
+                if self.proc.stdin:
+                    self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.kill()
+
+
+_OPERATOR_ERROR = re.compile(r"Exception occurred for operator: '([^']+)' - (.+)$")
+_PY_ERROR = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit)[\w]*): (.+)$")
+
+
+def failure_reason(stderr: str, exit_code: int | None) -> str:
+    """The most telling line of a failed app's stderr: Holoscan's operator exception, else the last Python
+    exception line, else the last line; with the exit code or signal."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    how = (f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0 else f"exit code {exit_code}")
+    for ln in lines:
+        m = _OPERATOR_ERROR.search(ln)
+        if m:
+            return f"operator {m.group(1)}: {m.group(2)} ({how})"
+    for ln in reversed(lines):
+        m = _PY_ERROR.match(ln)
+        if m:
+            return f"{ln} ({how})"
+    return f"{lines[-1][:500]} ({how})" if lines else f"the app ended with {how} and wrote nothing to stderr"
+
+
+@dataclass
+class RunOutcome:
+    outcome: str  # succeeded | error | timeout | cancelled | lost
+    reason: str | None = None
+    exit_code: int | None = None
+
+
+class Worker:
+    """Runs jobs one at a time. ``name`` identifies it in leases and attempts (``<host>:<pid>:<slot>``)."""
+
+    def __init__(self, *, db: Database, blobs: BlobStore, fhir: FhirStore, registry: AppRegistry, queue: JobQueue,
+                 work_dir: Path, name: str, prewarm: bool = True, env: dict[str, str] | None = None) -> None:
+        self.db = db
+        self.blobs = blobs
+        self.fhir = fhir
+        self.registry = registry
+        self.queue = queue
+        self.work_dir = work_dir
+        self.name = name
+        self.prewarm = prewarm
+        self.env = env
+        self._spare: AppProcess | None = None
+        self.renew_interval = max(0.2, min(5.0, queue.lease.total_seconds() / 3))
+
+    # -- the spare process ----------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        if self.prewarm and (self._spare is None or not self._spare.alive()):
+            self._spare = AppProcess(self.env)
+
+    def _process(self) -> AppProcess:
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.alive():
+            return spare
+        return AppProcess(self.env)
+
+    def close(self) -> None:
+        if self._spare is not None:
+            self._spare.discard()
+            self._spare = None
+
+    # -- running ----------------------------------------------------------------------------------------------
+
+    def run_next(self, job_id: int | None = None, apps: list[str] | None = None) -> bool:
+        """Claim and run the most urgent due job (or ``job_id``); False when there was none to claim."""
+        claim = self.queue.claim(self.name, job_id=job_id, apps=apps)
+        if claim is None:
+            return False
+        log.info("job %s (%s) attempt %d started by %s", claim.job_id, claim.app, claim.attempt, self.name)
+        try:
+            self._run(claim)
+        finally:
+            self.warm_up()
+        return True
+
+    def _run(self, claim: Claim) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f"job{claim.job_id}-", dir=self.work_dir))
+        try:
+            try:
+                spec = self.registry.get(claim.app)
+                in_dir = scratch / "input"
+                self.prepare_input(spec, claim, in_dir)
+            except (InteropError, OSError, ValueError) as exc:
+                state = self.queue.fail(claim, "error", f"input not prepared: {exc}")
+                log.warning("job %s: input not prepared (%s); now %s", claim.job_id, exc, state)
+                return
+            out_dir = scratch / "output"
+            out_dir.mkdir()
+            timeout = claim.timeout_seconds
+            outcome = self._execute(claim, spec, in_dir, out_dir, scratch, timeout)
+            if outcome.outcome == "lost":
+                return  # the lease is gone: another run owns the job now
+            if outcome.outcome == "succeeded":
+                try:
+                    result = AppResult.read(out_dir)
+                except (OSError, ValueError) as exc:
+                    outcome = RunOutcome("error", f"the app exited 0 but its result is invalid: {exc}", 0)
+                else:
+                    arrays = self._store_arrays(claim.job_id, out_dir, result.array_files())
+                    if self.queue.succeed(claim, result.as_json(), arrays):
+                        log.info("job %s (%s) succeeded: %s", claim.job_id, claim.app, result.summary)
+                    else:
+                        for key in arrays.values():
+                            self.blobs.delete(key)
+                    return
+            state = self.queue.fail(claim, outcome.outcome, outcome.reason or outcome.outcome, outcome.exit_code)
+            log.warning("job %s (%s) attempt %d %s: %s; now %s", claim.job_id, claim.app, claim.attempt,
+                        outcome.outcome, outcome.reason, state)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _execute(self, claim: Claim, spec: AppSpec, in_dir: Path, out_dir: Path, scratch: Path,
+                 timeout: float) -> RunOutcome:
+        stdout, stderr = scratch / "app.stdout", scratch / "app.stderr"
+        proc = self._process()
+        argv = ["-i", str(in_dir), "-o", str(out_dir), "-m", str(spec.model_path)]
+        started = time.monotonic()
+        try:
+            proc.run(spec, argv, scratch, stdout, stderr)
+        except OSError as exc:  # the spare died before it got the job
+            proc.kill()
+            return RunOutcome("error", f"could not start the app: {exc}")
+        while True:
+            try:
+                code = proc.proc.wait(timeout=self.renew_interval)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            held, cancel = self.queue.renew(claim.job_id, claim.token)
+            if not held:
+                proc.kill()
+                return RunOutcome("lost", "the lease was lost")
+            if cancel:
+                proc.kill()
+                return RunOutcome("cancelled", "cancelled while running")
+            if time.monotonic() - started > timeout:
+                proc.kill()
+                return RunOutcome("timeout", f"the app ran longer than its timeout of {timeout:g} s", None)
+        if code == 0:
+            return RunOutcome("succeeded", exit_code=0)
+        try:
+            err = stderr.read_text(encoding="utf-8", errors="replace")[-20000:]
+        except OSError:
+            err = ""
+        return RunOutcome("error", failure_reason(err, code), code)
+
+    # -- input and output -----------------------------------------------------------------------------------
+
+    def prepare_input(self, spec: AppSpec, claim: Claim, in_dir: Path) -> None:
+        in_dir.mkdir(parents=True)
+        if spec.input == "labs":
+            bundle = self.labs_bundle(claim.inputs)
+            (in_dir / "labs.json").write_text(json.dumps(bundle, indent=1), encoding="utf-8")
+            return
+        sops = list(claim.inputs.get("sop_instance_uids") or [])
+        if not sops:
+            raise ValueError("the job names no instances")
+        with self.db.reading() as s:
+            rows = s.execute(select(Instance.sop_uid, Instance.blob_key, Series.series_uid)
+                             .join(Series, Series.id == Instance.series_pk).where(Instance.sop_uid.in_(sops))).all()
+        found = {r.sop_uid for r in rows}
+        if len(found) != len(set(sops)):
+            missing = sorted(set(sops) - found)
+            raise ValueError(f"{len(missing)} input instance(s) are no longer stored, e.g. {missing[0]}")
+        for r in rows:
+            dest_dir = in_dir / r.series_uid
+            dest_dir.mkdir(exist_ok=True)
+            dest = dest_dir / f"{r.sop_uid}.dcm"
+            src = self.blobs.local_path(r.blob_key)
+            if src is not None:
+                try:
+                    os.link(src, dest)
+                    continue
+                except OSError:
+                    pass
+            with self.blobs.open(r.blob_key) as f, open(dest, "wb") as out:
+                shutil.copyfileobj(f, out, 1 << 20)
+
+    def labs_bundle(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A FHIR R4 ``collection`` Bundle: the Patient (current version) and the exact Observation versions."""
+        entries: list[dict[str, Any]] = []
+        patient = inputs.get("patient")
+        if patient:
+            type_, _, pid = str(patient).partition("/")
+            entries.append({"fullUrl": patient, "resource": self.fhir.read(type_, pid).resource})
+        for ref in inputs.get("observations") or []:
+            type_, id_, _, version = str(ref).split("/")
+            resource = self.fhir.vread(type_, id_, int(version)).resource
+            entries.append({"fullUrl": f"{type_}/{id_}", "resource": resource})
+        return {"resourceType": "Bundle", "type": "collection", "entry": entries}
+
+    def _store_arrays(self, job_id: int, out_dir: Path, names: list[str]) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        for name in names:
+            key = self.blobs.new_key()
+            tmp = self.blobs.temp_dir() / f"{uuid.uuid4().hex}.npy"
+            shutil.copyfile(out_dir / name, tmp)
+            self.blobs.put_file(tmp, key)
+            keys[name] = key
+        return keys

@@ -1,0 +1,300 @@
+"""The router: reads the study-readiness log and changed lab results, applies the rules, queues jobs.
+
+It follows two logs by durable cursors (``router_cursors``): ``study_events`` by id, and Observations by
+their last update (re-reading a short overlap, because a transaction that started earlier can commit later).
+Reading an event twice is harmless: a job's idempotency key (app + model version + exact input) is unique.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from interop.config import JobSettings
+from interop.fhir.models import FhirResource
+from interop.fhir.store import FhirStore
+from interop.jobs.models import RouterCursor
+from interop.jobs.queue import JobQueue, NewJob, aware, utcnow
+from interop.jobs.registry import AppRegistry
+from interop.routing.decide import Decision, LabFact, SeriesFacts, StudyFacts, decide_labs, decide_study, lab_codes
+from interop.routing.rules import RuleStore
+from interop.store.db import Database
+from interop.store.models import Instance, Series, Study, StudyEvent
+
+log = logging.getLogger(__name__)
+
+#: How far back the Observation cursor re-reads (a write that began before the cursor may commit after it).
+OVERLAP = dt.timedelta(seconds=10)
+
+
+def lab_fact(resource: dict[str, Any]) -> LabFact | None:
+    """An Observation as a :class:`LabFact`; None when it has no usable time."""
+    when = resource.get("effectiveDateTime") or (resource.get("effectivePeriod") or {}).get("start") \
+        or resource.get("effectiveInstant") or resource.get("issued")
+    if not when:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(str(when).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    codings = (resource.get("code") or {}).get("coding", [])
+    codes = frozenset(f"{c.get('system', '')}|{c.get('code', '')}" for c in codings)
+    version = (resource.get("meta") or {}).get("versionId", "1")
+    return LabFact(f"Observation/{resource['id']}/_history/{version}", codes, t, str(resource.get("status", "")))
+
+
+class Router:
+    def __init__(self, db: Database, fhir: FhirStore, rules: RuleStore, registry: AppRegistry, queue: JobQueue,
+                 settings: JobSettings, on_new_jobs: Callable[[list[int]], None] | None = None) -> None:
+        self.db = db
+        self.fhir = fhir
+        self.rules = rules
+        self.registry = registry
+        self.queue = queue
+        self.settings = settings
+        self.on_new_jobs = on_new_jobs
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: Observation versions already routed inside the overlap window: (pk, version) -> last_updated.
+        self._seen: dict[tuple[int, int], dt.datetime] = {}
+
+    # -- cursors --------------------------------------------------------------------------------------------
+
+    def _cursor(self, name: str) -> RouterCursor:
+        with self.db.reading() as s:
+            row = s.get(RouterCursor, name)
+            return RouterCursor(name=name, position=row.position if row else 0, at=aware(row.at) if row else None)
+
+    def _save_cursor(self, name: str, position: int = 0, at: dt.datetime | None = None) -> None:
+        with self.db.writing() as s:
+            row = s.get(RouterCursor, name)
+            if row is None:
+                s.add(RouterCursor(name=name, position=position, at=at))
+            else:
+                row.position = position
+                row.at = at
+
+    # -- facts ----------------------------------------------------------------------------------------------
+
+    def study_facts(self, study_uid: str, ready_at: dt.datetime) -> StudyFacts | None:
+        with self.db.reading() as s:
+            study = s.scalars(select(Study).where(Study.study_uid == study_uid)).first()
+            if study is None:
+                return None
+            rows = s.execute(select(Series.series_uid, Series.modality, Series.body_part_examined,
+                                    Series.series_description, Instance.sop_uid, Instance.sop_class_uid,
+                                    Instance.calling_ae)
+                             .join(Instance, Instance.series_pk == Series.id).where(Series.study_pk == study.id)).all()
+            patient_id = study.patient_id
+        by_series: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            d = by_series.setdefault(r.series_uid, {"modality": r.modality, "body_part": r.body_part_examined,
+                                                    "description": r.series_description, "classes": set(),
+                                                    "aes": set(), "sops": []})
+            d["classes"].add(r.sop_class_uid)
+            if r.calling_ae:
+                d["aes"].add(r.calling_ae)
+            d["sops"].append(r.sop_uid)
+        series = tuple(SeriesFacts(uid, d["modality"], d["body_part"], d["description"], frozenset(d["classes"]),
+                                   frozenset(d["aes"]), tuple(sorted(d["sops"])))
+                       for uid, d in sorted(by_series.items()))
+        return StudyFacts(study_uid, patient_id, series, ready_at)
+
+    def _patient_refs(self, patient_id: str) -> list[str]:
+        """FHIR Patients whose identifier value is the DICOM Patient ID."""
+        bundle = self.fhir.search("Patient", [("identifier", patient_id), ("_count", "20")])
+        return [f"Patient/{e['resource']['id']}" for e in bundle["entry"] if e.get("search", {}).get("mode") == "match"]
+
+    def patient_labs(self, patient_ref: str, codes: set[str]) -> list[LabFact]:
+        if not codes:
+            return []
+        params = [("subject", patient_ref), ("code", ",".join(sorted(codes))), ("_count", "1000")]
+        bundle = self.fhir.search("Observation", params)
+        facts = [lab_fact(e["resource"]) for e in bundle["entry"] if e.get("search", {}).get("mode") == "match"]
+        return [f for f in facts if f is not None]
+
+    # -- decisions to jobs ----------------------------------------------------------------------------------
+
+    def enqueue(self, d: Decision, *, study_uid: str | None, patient_id: str | None, patient_ref: str | None,
+                triggered_at: dt.datetime) -> tuple[int, bool] | None:
+        try:
+            spec = self.registry.get(d.app)
+        except Exception:
+            log.error("rule %s names app %s, which is not installed; nothing queued", d.rule, d.app)
+            return None
+        inputs: dict[str, Any]
+        if spec.input == "labs":
+            inputs = {"patient": patient_ref, "observations": list(d.observations)}
+        else:
+            inputs = {"series_uids": list(d.series_uids), "sop_instance_uids": list(d.sop_instance_uids)}
+            if d.observations:
+                inputs["observations"] = list(d.observations)
+        version = spec.model_version()
+        job = NewJob(idempotency_key=spec.idempotency_key(version, inputs), app=spec.name, app_version=spec.version,
+                     model_version=version, rule=d.rule, trigger=d.trigger, priority=d.priority, inputs=inputs,
+                     study_uid=study_uid, patient_id=patient_id, max_attempts=self.settings.max_attempts,
+                     backoff_seconds=self.settings.backoff_seconds,
+                     timeout_seconds=spec.timeout_seconds or self.settings.timeout_seconds, triggered_at=triggered_at)
+        job_id, created = self.queue.enqueue(job)
+        log.info("%s job %s: %s for %s (%s)", "queued" if created else "already have", job_id, d.app,
+                 study_uid or patient_ref, d.reason)
+        return job_id, created
+
+    def route_study(self, study_uid: str, ready_at: dt.datetime) -> list[int]:
+        facts = self.study_facts(study_uid, ready_at)
+        if facts is None:
+            return []
+        rules = self.rules.rules()
+        labs: list[LabFact] = []
+        patient_ref: str | None = None
+        needs_labs = any(r.enabled and r.study is not None and r.labs is not None for r in rules)
+        if needs_labs and facts.patient_id:
+            refs = self._patient_refs(facts.patient_id)
+            patient_ref = refs[0] if refs else None
+            for ref in refs:
+                labs += self.patient_labs(ref, lab_codes(rules))
+        new: list[int] = []
+        for d in decide_study(rules, facts, labs):
+            got = self.enqueue(d, study_uid=study_uid, patient_id=facts.patient_id, patient_ref=patient_ref,
+                               triggered_at=ready_at)
+            if got and got[1]:
+                new.append(got[0])
+        return new
+
+    def route_patient(self, patient_ref: str, now: dt.datetime | None = None) -> list[int]:
+        rules = [r for r in self.rules.rules() if r.enabled and r.study is None and r.labs is not None]
+        if not rules:
+            return []
+        labs = self.patient_labs(patient_ref, lab_codes(rules))
+        now = now or utcnow()
+        try:
+            patient = self.fhir.read("Patient", patient_ref.partition("/")[2]).resource
+            idents = [i.get("value") for i in patient.get("identifier", []) if i.get("value")]
+        except Exception:
+            idents = []
+        new: list[int] = []
+        for d in decide_labs(rules, labs, now):
+            got = self.enqueue(d, study_uid=None, patient_id=idents[0] if idents else patient_ref,
+                               patient_ref=patient_ref, triggered_at=now)
+            if got and got[1]:
+                new.append(got[0])
+        return new
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def poll(self) -> list[int]:
+        """One pass over both logs; returns the ids of jobs queued."""
+        new: list[int] = []
+        cur = self._cursor("study_events")
+        with self.db.reading() as s:
+            events = list(s.scalars(select(StudyEvent).where(StudyEvent.id > cur.position, StudyEvent.kind == "ready")
+                                    .order_by(StudyEvent.id).limit(200)))
+        for ev in events:
+            new += self.route_study(ev.study_uid, aware(ev.at) or utcnow())
+            self._save_cursor("study_events", ev.id)
+        if any(r.enabled and r.study is None and r.labs is not None for r in self.rules.rules()):
+            new += self._poll_labs()
+        if new and self.on_new_jobs:
+            self.on_new_jobs(new)
+        return new
+
+    def _poll_labs(self) -> list[int]:
+        cur = self._cursor("observations")
+        since = (cur.at - OVERLAP) if cur.at else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+        with self.db.reading() as s:
+            rows = s.execute(select(FhirResource.pk, FhirResource.version_id, FhirResource.last_updated,
+                                    FhirResource.content)
+                             .where(FhirResource.res_type == "Observation", FhirResource.last_updated > since)
+                             .order_by(FhirResource.last_updated).limit(5000)).all()
+        self._seen = {k: t for k, t in self._seen.items() if t > since}
+        rows = [r for r in rows if (r.pk, r.version_id) not in self._seen]
+        if not rows:
+            return []
+        patients: set[str] = set()
+        for r in rows:
+            self._seen[(r.pk, r.version_id)] = aware(r.last_updated) or since
+            if r.content:
+                subject = (json.loads(r.content).get("subject") or {}).get("reference", "")
+                if subject.startswith("Patient/"):
+                    patients.add(subject)
+        new: list[int] = []
+        for ref in sorted(patients):
+            new += self.route_patient(ref)
+        latest = max(aware(r.last_updated) or since for r in rows)
+        if cur.at is None or latest > cur.at:
+            self._save_cursor("observations", 0, latest)
+        return new
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self, interval: float = 1.0) -> None:
+        def run() -> None:
+            while not self._stop.is_set():
+                self._wake.wait(interval)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+                try:
+                    self.poll()
+                except Exception:
+                    log.exception("routing pass failed; will retry")
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=run, name="router", daemon=True)
+        self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+
+def requested_decision(router: Router, app: str, *, study_uid: str | None, series_uids: list[str] | None,
+                       patient: str | None, within_hours: float) -> tuple[Decision, str | None, str | None]:
+    """The job a person asked for: ``app`` on a study (all series, or those named) or on a patient's latest
+    results for the app's lab set. Returns the decision, the patient id and the FHIR patient reference."""
+    from interop.config import LabMatch
+    from interop.errors import InvalidInput, NotFound
+    from interop.routing.decide import lab_set
+
+    spec = router.registry.get(app)
+    now = utcnow()
+    if spec.input == "labs":
+        if not patient or not patient.startswith("Patient/"):
+            raise InvalidInput(f"app {app} reads labs: give 'patient' as Patient/<id>")
+        if not spec.labs:
+            raise InvalidInput(f"app {app} declares no lab set in its app.yaml")
+        router.fhir.read("Patient", patient.partition("/")[2])
+        labs = router.patient_labs(patient, {c if "|" in c else f"http://loinc.org|{c}" for c in spec.labs})
+        chosen, missing = lab_set(LabMatch(codes=list(spec.labs), within_hours=within_hours), labs, now)
+        if missing:
+            raise InvalidInput(f"{patient} has no result within {within_hours:g} h for: {', '.join(missing)}")
+        d = Decision(rule="request", app=app, priority="routine", trigger="request", observations=tuple(chosen),
+                     reason="requested through the API")
+        return d, None, patient
+    if not study_uid:
+        raise InvalidInput(f"app {app} reads images: give 'study_uid'")
+    facts = router.study_facts(study_uid, now)
+    if facts is None:
+        raise NotFound(f"no study {study_uid}")
+    series = [s for s in facts.series if not series_uids or s.series_uid in series_uids]
+    if series_uids and len(series) != len(set(series_uids)):
+        raise NotFound(f"study {study_uid} does not hold every series named")
+    d = Decision(rule="request", app=app, priority="routine", trigger="request",
+                 series_uids=tuple(sorted(s.series_uid for s in series)),
+                 sop_instance_uids=tuple(sorted(u for s in series for u in s.sop_instance_uids)),
+                 reason="requested through the API")
+    return d, facts.patient_id, None
