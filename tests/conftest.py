@@ -77,6 +77,8 @@ class ServerProc:
             INTEROP_HL7__PORT=str(self.mllp_port),
             INTEROP_HL7__HOST="127.0.0.1",
             INTEROP_STUDIES__QUIET_SECONDS="1",
+            # No AI apps run unless a test asks for them (the default rules route CR/MR/labs to the demo apps).
+            INTEROP_ROUTING__RULES="[]",
         )
         env.update(self.extra_env)
         return env
@@ -198,6 +200,33 @@ def postgres_server() -> Iterator[str]:
     finally:
         subprocess.run(prefix + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A throwaway Redis server on a free port (the Celery broker)."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (tests/run.sh: apt-get install redis-server)")
+    port = free_port()
+    root = Path(tempfile.mkdtemp(prefix="interop-redis-"))
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    import socket
+
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
 
 
