@@ -171,9 +171,25 @@ class RoutingRule(_Section):
         return self
 
 
+def demo_rules() -> list[RoutingRule]:
+    """The rules a fresh install starts with: the three demonstration apps on the data each was made for.
+    A site replaces them with its own list (``[[routing.rules]]``; ``rules = []`` for none)."""
+    return [
+        RoutingRule(name="chest-radiograph-triage", app="cxr_triage", priority="routine",
+                    study=StudyMatch(modalities=["CR", "DX"], body_parts=["CHEST"])),
+        RoutingRule(name="brain-mr-structures", app="mr_segmentation", priority="routine",
+                    study=StudyMatch(modalities=["MR"], body_parts=["HEAD", "BRAIN"])),
+        # The liver panel the PBC severity model needs (bilirubin, albumin, ALP, AST, platelets, PT).
+        RoutingRule(name="liver-panel-severity", app="lab_severity", priority="routine",
+                    labs=LabMatch(codes=["1975-2", "1751-7", "6768-6", "1920-8", "777-3", "5902-2"],
+                                  within_hours=168)),
+    ]
+
+
 class RoutingSettings(_Section):
     #: Rules from the configuration file; the API can add and edit rules too (kept in the database).
-    rules: list[RoutingRule] = Field(default_factory=list)
+    #: Default: :func:`demo_rules`.
+    rules: list[RoutingRule] = Field(default_factory=demo_rules)
 
 
 class JobSettings(_Section):

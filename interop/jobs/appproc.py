@@ -16,7 +16,10 @@ import runpy
 import sys
 
 
-def _preload() -> None:
+def _preload(modules: list[str]) -> None:
+    """Import the SDK stack, then each installed app's ``<module>.app`` (its operators, scikit-learn ...)."""
+    import contextlib
+    import importlib
     import warnings
 
     with warnings.catch_warnings():
@@ -26,11 +29,16 @@ def _preload() -> None:
         import pydicom  # noqa: F401
         import torch  # noqa: F401
 
+        for name in modules:
+            # Not our layout, or broken: the run itself will say so.
+            with contextlib.suppress(Exception):
+                importlib.import_module(f"{name}.app")
+
 
 def main() -> None:
     if os.environ.get("INTEROP_APPPROC_PRELOAD", "1") == "1":
         try:
-            _preload()
+            _preload([m for m in os.environ.get("INTEROP_APPPROC_MODULES", "").split(",") if m])
         except Exception as exc:  # the app's own imports will report it properly
             print(f"preload failed: {exc}", file=sys.stderr)
     line = sys.stdin.readline()

@@ -55,7 +55,14 @@ def _child_setup() -> None:
 class AppProcess:
     """A started ``interop.jobs.appproc`` child, imports done or under way, waiting for its one job."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, preload: list[AppSpec] | None = None) -> None:
+        env = dict(os.environ if env is None else env)
+        # Without apps to preload (no spare kept), the child goes straight to the job.
+        env["INTEROP_APPPROC_PRELOAD"] = "1" if preload else "0"
+        env["INTEROP_APPPROC_MODULES"] = ",".join(s.module for s in preload or [])
+        paths = [str(s.python_path) for s in preload or []]
+        if paths:
+            env["PYTHONPATH"] = os.pathsep.join([*dict.fromkeys(paths), *filter(None, [env.get("PYTHONPATH")])])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "interop.jobs.appproc"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, preexec_fn=_child_setup, env=env, close_fds=True,
@@ -138,13 +145,13 @@ class Worker:
 
     def warm_up(self) -> None:
         if self.prewarm and (self._spare is None or not self._spare.alive()):
-            self._spare = AppProcess(self.env)
+            self._spare = AppProcess(self.env, list(self.registry.apps.values()))
 
     def _process(self) -> AppProcess:
         spare, self._spare = self._spare, None
         if spare is not None and spare.alive():
             return spare
-        return AppProcess(self.env)
+        return AppProcess(self.env, list(self.registry.apps.values()) if self.prewarm else None)
 
     def close(self) -> None:
         if self._spare is not None:
