@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import select
 
 from interop.config import JobSettings
+from interop.fhir.imaging_study import sync_imaging_study
 from interop.fhir.models import FhirResource
 from interop.fhir.store import FhirStore
 from interop.jobs.models import RouterCursor
@@ -199,6 +200,10 @@ class Router:
             events = list(s.scalars(select(StudyEvent).where(StudyEvent.id > cur.position, StudyEvent.kind == "ready")
                                     .order_by(StudyEvent.id).limit(200)))
         for ev in events:
+            try:
+                sync_imaging_study(self.db, self.fhir, ev.study_uid)
+            except Exception:  # the FHIR view must never hold up the AI work
+                log.exception("ImagingStudy for %s not written", ev.study_uid)
             new += self.route_study(ev.study_uid, aware(ev.at) or utcnow())
             self._save_cursor("study_events", ev.id)
         if any(r.enabled and r.study is None and r.labs is not None for r in self.rules.rules()):
