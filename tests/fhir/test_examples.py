@@ -40,15 +40,6 @@ def examples_of(type_: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def validators() -> dict[str, Any]:
-    """One JSON-schema validator per served type, built once (the whole schema per call takes minutes)."""
-    from jsonschema import Draft6Validator
-
-    definitions = json.loads(_need(SCHEMA).read_text())["definitions"]
-    return {t: Draft6Validator({"$ref": f"#/definitions/{t}", "definitions": definitions}) for t in RESOURCES}
-
-
-@pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     srv = ServerProc(data_dir=tmp_path_factory.mktemp("fhir-examples") / "node").start()
     yield srv

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from interop.fhir.imaging_study import InstanceRow, SeriesRow, StudyRow, imaging_study_bundle
-from tests.fhir.test_examples import validators as _r4_validators  # noqa: F401  (the "validators" fixture)
 from tests.support import require_tool
 
 
