@@ -350,8 +350,29 @@ class _Builder:
             issued = self.datetime(obr.value(22), obr.where(22))
             if "T" in issued:  # instant: needs a time
                 report["issued"] = issued
+        if placer is not None:
+            report["basedOn"] = [{"reference": self.order(placer, filler, obr, subject, status)}]
         self.entry(report, primary, update=True)
         return report, (primary["system"], primary["value"])
+
+    def order(self, placer: Resource, filler: Resource | None, obr: Segment, subject: str,
+              result_status: str | None) -> str:
+        """The ServiceRequest a result answers (§7.3.1: OBR-2 is the placer's order number): the one an
+        ORM/OMI wrote under that number, or, when none came, a minimal one made from the OBR (conditional
+        create on the placer number, so an order message never loses to a result message)."""
+        query = f"identifier={quote(placer['system'], safe=':/')}|{quote(placer['value'], safe='')}"
+        full_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'ServiceRequest?{query}')}"
+        if any(e["fullUrl"] == full_url for e in self.entries):
+            return full_url
+        sr: Resource = {
+            "resourceType": "ServiceRequest",
+            "identifier": [i for i in (placer, filler) if i],
+            "status": "completed" if result_status == "final" else "active",
+            "intent": "order",
+            "code": self.concept(obr, 4, required=True),
+            "subject": {"reference": subject},
+        }
+        return self.entry(sr, placer, update=False)
 
     def observation(self, obx: Segment, obr: Segment, order: tuple[str, str], subject: str,
                     report: Resource) -> Resource:
@@ -380,6 +401,8 @@ class _Builder:
         when = obx.value(14) or obr.value(7)
         if when:
             obs["effectiveDateTime"] = self.datetime(when, obx.where(14) if obx.value(14) else obr.where(7))
+        if "basedOn" in report:
+            obs["basedOn"] = report["basedOn"]
         ref = self.entry(obs, obs["identifier"][0], update=True)
         report["result"].append({"reference": ref})
         if "status" not in report:  # OBR-25 empty: the report is as final as its least final result

@@ -71,7 +71,7 @@ def test_sigkill_during_oru_burst_loses_no_acknowledged_message(server_factory: 
         fhir = FhirStore(db)
         for cid in sorted(acked)[:: max(1, len(acked) // 20)]:
             resources = json.loads(rows[cid].resources or "[]")
-            assert len(resources) == 4  # Patient, DiagnosticReport, 2 Observations
+            assert len(resources) == 5  # Patient, ServiceRequest (OBR-2), DiagnosticReport, 2 Observations
             for ref in resources:
                 rtype, rid = ref.split("/")
                 assert fhir.read(rtype, rid).resource["resourceType"] == rtype

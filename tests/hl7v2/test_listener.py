@@ -66,7 +66,8 @@ def test_mllp_send_oru_gets_aa_after_its_resources_are_committed(node: Node, tmp
         "AA", "LAB20261120-0001", "ORU^R01", "LAB_LIS")
     assert row.raw == sample("oru_r01_cmp.hl7").strip(b"\r")  # what arrived in the frame (mllp_send trims)
     resources = json.loads(row.resources or "[]")
-    assert [r.split("/")[0] for r in resources] == ["Patient", "DiagnosticReport"] + ["Observation"] * 8
+    assert [r.split("/")[0] for r in resources] == ["Patient", "ServiceRequest", "DiagnosticReport"] + \
+        ["Observation"] * 8
     [patient] = node.search("Patient", identifier="urn:oid:2.16.840.1.113883.3.9999.2|MRN483920")
     observations = node.search("Observation", patient=f"Patient/{patient['id']}", code="http://loinc.org|2345-7")
     assert len(observations) == 1 and observations[0]["valueQuantity"]["value"] == 142
@@ -106,6 +107,18 @@ def test_correction_updates_the_earlier_observation(node: Node) -> None:
     assert obs["status"] == "corrected" and obs["valueQuantity"]["value"] == 124 and obs["meta"]["versionId"] == "2"
     [report] = node.search("DiagnosticReport", identifier="urn:hl7v2:GENLAB|FIL-20261120-0457")
     assert report["status"] == "corrected" and len(report["result"]) == 1
+
+
+def test_result_is_based_on_the_order_that_came_before_it(node: Node) -> None:
+    order = sample("orm_o01.hl7").replace(b"ORD-55101-1^GENHOSP_OE", b"PLC-778812^GENHOSP_OE")
+    order = order.replace(b"MRN551207^^^GENHOSP&2.16.840.1.113883.3.9999.2&ISO",
+                          b"MRN483920^^^GENHOSP&2.16.840.1.113883.3.9999.2&ISO")
+    acks = node.send(order, sample("oru_r01_cmp.hl7"))
+    assert [a["MSA"][1] for a in acks] == ["AA", "AA"]
+    [sr] = node.search("ServiceRequest", identifier="urn:hl7v2:GENHOSP_OE|PLC-778812")
+    assert sr["status"] == "active" and sr["code"]["coding"][0]["code"] == "24627-2"  # the order's, kept
+    [report] = node.search("DiagnosticReport", identifier="urn:hl7v2:GENLAB|FIL-20261120-0457")
+    assert report["basedOn"] == [{"reference": f"ServiceRequest/{sr['id']}"}]
 
 
 @pytest.mark.parametrize(("raw", "ack", "code", "where"), [

@@ -196,3 +196,17 @@ def test_map_oru_without_pid_or_obr_is_a_segment_error() -> None:
     obx_first = b"\r".join(s for s in raw.split(b"\r") if not s.startswith(b"OBR"))
     with pytest.raises(SegmentError, match="OBX before any OBR"):
         _map(obx_first)
+
+
+def test_map_oru_report_and_results_based_on_the_placer_order() -> None:
+    oru = _map(sample("oru_r01_cmp.hl7"))
+    [sr_entry] = [e for e in oru["entry"] if e["resource"]["resourceType"] == "ServiceRequest"]
+    # created only when the order message never came; an ORM/OMI under the same placer number wins
+    assert sr_entry["request"]["method"] == "POST"
+    assert sr_entry["request"]["ifNoneExist"] == "identifier=urn:hl7v2:GENHOSP_OE|PLC-778812"
+    assert sr_entry["resource"]["intent"] == "order" and sr_entry["resource"]["status"] == "completed"
+    [report] = _resources(oru, "DiagnosticReport")
+    assert report["basedOn"] == [{"reference": sr_entry["fullUrl"]}]
+    assert all(o["basedOn"] == report["basedOn"] for o in _resources(oru, "Observation"))
+    orm_url = _map(sample("orm_o01.hl7"))["entry"][1]["request"]["url"]
+    assert orm_url.startswith("ServiceRequest?identifier=urn:hl7v2:GENHOSP_OE|")  # the same identifier system
