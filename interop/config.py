@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from interop.tls import TlsSettings
+
 DuplicatePolicy = Literal["keep-first", "overwrite", "reject"]
 
 
@@ -91,6 +93,8 @@ class Hl7Settings(_Section):
     #: FHIR ``Identifier.system`` for an HL7 assigning authority / namespace ID (e.g. ``{"HOSP": "urn:oid:..."}``);
     #: an authority not listed becomes ``urn:oid:<universal ID>`` (ISO) or ``urn:hl7v2:<namespace ID>``.
     identifier_systems: dict[str, str] = Field(default_factory=dict)
+    #: MLLP over TLS (certificate, key; a CA to check client certificates). Without it: plain TCP.
+    tls: TlsSettings | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -277,12 +281,19 @@ class Settings(BaseSettings):
 
 def _check_env_names(cls: type[Settings]) -> None:
     """Refuse ``INTEROP_*`` variables that name no setting (pydantic-settings would ignore them)."""
+    import typing
+
     known = {"INTEROP_CONFIG"}
-    for name, info in cls.model_fields.items():
-        known.add(f"INTEROP_{name.upper()}")
-        sub = info.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
-            known.update(f"INTEROP_{name.upper()}__{f.upper()}" for f in sub.model_fields)
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            key = f"{prefix}{name.upper()}"
+            known.add(key)
+            for sub in (info.annotation, *typing.get_args(info.annotation)):  # X and X | None
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    walk(sub, f"{key}__")
+
+    walk(cls, "INTEROP_")
     unknown = sorted(k for k in os.environ if k.upper().startswith("INTEROP_") and k.upper() not in known)
     if unknown:
         raise ValueError(f"unknown setting(s) in the environment: {', '.join(unknown)}")

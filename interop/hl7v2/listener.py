@@ -28,6 +28,7 @@ from interop.hl7v2.ack import Outcome
 from interop.hl7v2.messages import MessageLog, outcome_of
 from interop.hl7v2.mllp import Deframer, Oversized, frame
 from interop.hl7v2.parse import Header, read_header
+from interop.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,10 @@ class MllpListener:
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:
+                tls = server_context(self.settings.tls) if self.settings.tls else None
                 self._server = loop.run_until_complete(asyncio.start_server(
-                    self._serve, self.settings.host, self.settings.port, reuse_address=True))
+                    self._serve, self.settings.host, self.settings.port, reuse_address=True, ssl=tls,
+                    ssl_handshake_timeout=10 if tls else None))
                 self.port = int(self._server.sockets[0].getsockname()[1])
             except BaseException as exc:
                 failure.append(exc)
@@ -83,7 +86,7 @@ class MllpListener:
             self._thread.join()
             self._pool.shutdown(wait=False)
             raise failure[0]
-        log.info("MLLP listening on %s:%d", self.settings.host, self.port)
+        log.info("MLLP listening on %s:%d%s", self.settings.host, self.port, " (TLS)" if self.settings.tls else "")
 
     def stop(self) -> None:
         """Stop accepting, end open connections (a frame being processed finishes and is acknowledged)."""
