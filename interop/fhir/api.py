@@ -77,8 +77,10 @@ def _typed(principal: Principal, type_: str, permission: str, interaction: str) 
 
 
 def _stored_response(request: Request, got: Stored, *, write: bool = False) -> Response:
-    headers = {"ETag": got.etag, "Last-Modified": email.utils.format_datetime(
-        got.last_updated if got.last_updated.tzinfo else got.last_updated.replace(tzinfo=dt.UTC), usegmt=True)}
+    # RFC 9110 §5.6.7 HTTP-date is GMT; SQLite gives naive UTC, PostgreSQL the session's zone.
+    when = got.last_updated.replace(tzinfo=dt.UTC) if got.last_updated.tzinfo is None else \
+        got.last_updated.astimezone(dt.UTC)
+    headers = {"ETag": got.etag, "Last-Modified": email.utils.format_datetime(when, usegmt=True)}
     if write:
         headers["Location"] = f"{str(request.base_url).rstrip('/')}/fhir/{got.location}"
         pref = _prefer_return(request)

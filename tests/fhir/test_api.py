@@ -168,3 +168,21 @@ def test_fhirclient_library_round_trip(server: ServerProc) -> None:
     Observation(observation(f"Patient/{pid}")).create(smart.server)
     found = list(Observation.where(struct={"patient": pid}).perform_resources_iter(smart.server))
     assert len(found) == 1 and found[0].subject.reference == f"Patient/{pid}"
+
+
+def test_rest_interactions_on_postgresql(server_factory: Any, postgres_url: str) -> None:
+    """The same REST answers when the store is PostgreSQL (its timestamps come back in the session's zone;
+    Last-Modified must still be an HTTP-date in GMT)."""
+    srv = server_factory({"INTEROP_DATABASE_URL": postgres_url})
+    with srv.client() as http:
+        created = http.post("/fhir/Patient", json=patient("PG1"), headers={"Content-Type": FHIR_JSON})
+        assert created.status_code == 201, created.text
+        pid = created.json()["id"]
+        for url in (f"/fhir/Patient/{pid}", f"/fhir/Patient/{pid}/_history/1"):
+            r = http.get(url)
+            assert r.status_code == 200, r.text
+            assert r.headers["Last-Modified"].endswith(" GMT") and r.headers["ETag"] == 'W/"1"'
+        obs = http.post("/fhir/Observation", json=observation(f"Patient/{pid}"), headers={"Content-Type": FHIR_JSON})
+        assert obs.status_code == 201
+        found = http.get("/fhir/Observation", params={"patient": f"Patient/{pid}", "date": "ge2024-03-01"}).json()
+        assert found["total"] == 1
