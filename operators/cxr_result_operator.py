@@ -57,6 +57,7 @@ def build_result(explained: ExplainedPrediction, app_name: str, app_version: str
             study_instance_uid=image.study_instance_uid,
             series_instance_uid=image.series_instance_uid,
             sop_instance_uids=[image.sop_instance_uid] if image.sop_instance_uid else [],
+            patient_id=image.patient_id,
         ),
         findings=findings,
         summary=summary + (f" ({info.notice})" if info.notice else ""),

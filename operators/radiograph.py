@@ -70,6 +70,7 @@ class Radiograph:
     sop_instance_uid: str | None = None
     series_instance_uid: str | None = None
     study_instance_uid: str | None = None
+    patient_id: str | None = None
     modality: str | None = None
     view_position: str | None = None
 
@@ -195,6 +196,7 @@ def radiograph_from_dataset(
         sop_instance_uid=_str_or_none(ds.get("SOPInstanceUID")),
         series_instance_uid=_str_or_none(ds.get("SeriesInstanceUID")),
         study_instance_uid=_str_or_none(ds.get("StudyInstanceUID")),
+        patient_id=_str_or_none(ds.get("PatientID")),
         modality=_str_or_none(ds.get("Modality")),
         view_position=_str_or_none(ds.get("ViewPosition")),
     )

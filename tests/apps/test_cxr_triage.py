@@ -235,6 +235,7 @@ def test_app_on_rg1_unci_writes_five_findings_with_notice_and_model_version(runs
     ds = pydicom.dcmread(RG1, stop_before_pixels=True)
     assert result.inputs.sop_instance_uids == [ds.SOPInstanceUID]
     assert result.inputs.series_instance_uid == ds.SeriesInstanceUID
+    assert result.inputs.study_instance_uid == ds.StudyInstanceUID and result.inputs.patient_id == ds.PatientID
     for finding in result.findings:
         assert finding.threshold == next(f["threshold"] for f in meta["findings"] if f["name"] == finding.name)
         assert finding.sop_instance_uid == ds.SOPInstanceUID
