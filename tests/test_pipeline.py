@@ -4,7 +4,9 @@ the job, the MONAI Deploy app run through the SDK in a child process, the stored
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -82,3 +84,39 @@ def test_lab_set_by_hl7_runs_lab_severity_once(server_factory: Any, tmp_path: Pa
         assert again.status_code == 200 and again.json()["id"] == job["id"]
         time.sleep(2)
         assert len(http.get("/api/jobs").json()) == 1
+
+
+CXR_RULE = {"name": "chest", "app": "cxr_triage", "study": {"modalities": ["CR", "DX"], "body_parts": ["CHEST"]}}
+
+
+def test_chest_cr_by_storescu_runs_cxr_triage(server_factory: Any) -> None:
+    """RG1_UNCI.dcm (a real chest CR) sent by storescu: ready study → rule → cxr_triage through the SDK →
+    result with the model's name and version, five findings, a heat-map per positive finding."""
+    import numpy as np
+    from pydicom.data import get_testdata_file
+
+    from tests.support import require_tool
+
+    storescu = require_tool("storescu")
+    srv: ServerProc = server_factory({"INTEROP_ROUTING__RULES": json.dumps([CXR_RULE])})
+    cxr = str(get_testdata_file("RG1_UNCI.dcm"))
+    subprocess.run([storescu, "-aec", "INTEROP", "127.0.0.1", str(srv.dicom_port), cxr], check=True,
+                   capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
+    with srv.client() as http:
+        job = wait_job(http, app="cxr_triage", timeout=180)
+        assert job["state"] == "succeeded", job
+        result = job["result"]
+        metadata = json.loads((Path(__file__).parents[1] / "apps/cxr_triage/model/configs/metadata.json").read_text())
+        assert (result["model"]["name"], result["model"]["version"]) == (metadata["name"], metadata["version"])
+        assert job["model_version"] == metadata["version"]
+        assert result["notice"] == "demonstration model, not for clinical use"
+        findings = {f["name"]: f for f in result["findings"]}
+        assert set(findings) == {"cardiomegaly", "edema", "effusion", "pneumothorax", "consolidation"}
+        for f in findings.values():
+            assert f["present"] == (f["probability"] >= f["threshold"])
+            if f["present"]:
+                r = http.get(f"/api/jobs/{job['id']}/arrays/{f['heatmap']}")
+                assert r.status_code == 200
+                heat = np.load(io.BytesIO(r.content))
+                assert heat.shape == (1955, 1841)  # rows x columns of the radiograph
+        assert len({round(f["probability"], 4) for f in findings.values()}) > 1  # not one constant
