@@ -1,0 +1,4 @@
+from apps.mr_segmentation.app import MRSegmentationApp
+from operators.launch import main
+
+main(MRSegmentationApp)
