@@ -71,7 +71,7 @@ def fresh_mr(dest: Path, n: int) -> list[Path]:
     from apps.mr_segmentation import make_demo_series
 
     folder = dest / f"mr{n}"
-    make_demo_series.main(["--out", str(folder), "--patient-id", f"BENCH-MR-{n}"])
+    make_demo_series.main(["--out", str(folder), "--step", "2", "--patient-id", f"BENCH-MR-{n}"])
     return sorted(folder.rglob("*.dcm"))
 
 

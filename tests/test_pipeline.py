@@ -120,3 +120,41 @@ def test_chest_cr_by_storescu_runs_cxr_triage(server_factory: Any) -> None:
                 heat = np.load(io.BytesIO(r.content))
                 assert heat.shape == (1955, 1841)  # rows x columns of the radiograph
         assert len({round(f["probability"], 4) for f in findings.values()}) > 1  # not one constant
+
+
+MR_RULE = {"name": "brain", "app": "mr_segmentation", "study": {"modalities": ["MR"], "body_parts": ["HEAD", "BRAIN"]}}
+
+
+def test_brain_mr_series_by_storescu_runs_mr_segmentation(server_factory: Any, tmp_path: Path) -> None:
+    """The Colin27 MRI as a DICOM MR series (2 mm) sent by storescu: mr_segmentation's label map lies on the
+    series' own slices and its volumes are plausible brain volumes."""
+    import numpy as np
+
+    from apps.mr_segmentation.make_demo_series import main as make_series
+    from tests.support import require_tool
+
+    if not Path("/usr/share/mricron/templates/ch2.nii.gz").exists():
+        import pytest
+
+        pytest.skip("mricron-data is not installed (tests/run.sh: apt-get install mricron-data)")
+    storescu = require_tool("storescu")
+    series = tmp_path / "mr"
+    make_series(["--out", str(series), "--step", "2"])
+    files = sorted(str(p) for p in series.rglob("*.dcm"))
+    srv: ServerProc = server_factory({"INTEROP_ROUTING__RULES": json.dumps([MR_RULE])})
+    subprocess.run([storescu, "-aec", "INTEROP", "127.0.0.1", str(srv.dicom_port), *files], check=True,
+                   capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
+    with srv.client() as http:
+        job = wait_job(http, app="mr_segmentation", timeout=240)
+        assert job["state"] == "succeeded", job
+        result = job["result"]
+        assert result["notice"] == "demonstration model, not for clinical use"
+        assert result["model"]["version"] == job["model_version"]
+        [seg] = result["segmentations"]
+        assert len(seg["referenced_sop_instance_uids"]) == len(files)
+        labels = np.load(io.BytesIO(http.get(f"/api/jobs/{job['id']}/arrays/{seg['file']}").content))
+        assert labels.shape[0] == len(files) and labels.dtype == np.uint8
+        assert set(np.unique(labels)) - {0} == {s["number"] for s in seg["segments"]}
+        volumes = {m["name"]: m["value"] for m in result["measurements"]}
+        assert all(m["unit"] == "mL" for m in result["measurements"])
+        assert 2 < volumes["Left hippocampus volume"] < 15 and 60 < volumes["Cerebellum volume"] < 250
