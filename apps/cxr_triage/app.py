@@ -15,12 +15,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import yaml
 from holoscan.conditions import CountCondition
 from monai.deploy.core import Application
 from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOperator
 from monai.deploy.operators.dicom_series_selector_operator import DICOMSeriesSelectorOperator
 
+from operators.app_manifest import app_ref, read_manifest
 from operators.cxr_classifier_operator import CxrClassifierOperator
 from operators.cxr_image_loader_operator import SELECTION_RULES, CxrImageLoaderOperator
 from operators.cxr_result_operator import CxrResultOperator
@@ -34,8 +34,7 @@ DEFAULT_MODEL = Path(__file__).resolve().with_name("model")
 
 def manifest(path: Path = APP_YAML) -> dict[str, Any]:
     """The app's ``app.yaml``: ``application.version`` names the app's version, ``resources.cpu`` its threads."""
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
+    return read_manifest(path.parent)
 
 
 class CxrTriageApp(Application):
@@ -53,9 +52,8 @@ class CxrTriageApp(Application):
         threads = int(app_yaml.get("resources", {}).get("cpu", 1))
         classifier = CxrClassifierOperator(self, model_path=model_path, threads=threads, name="classifier")
         gradcam = GradCamOperator(self, name="gradcam")
-        results = CxrResultOperator(
-            self, app_name=APP_NAME, app_version=str(app_yaml["application"]["version"]), name="results"
-        )
+        ref = app_ref(APP_YAML.parent)
+        results = CxrResultOperator(self, app_name=ref.name, app_version=ref.version, name="results")
         writer = ResultWriterOperator(self, output_folder=Path(context.output_path), name="writer")
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})
         self.add_flow(selector, image, {("study_selected_series_list", "study_selected_series_list")})

@@ -9,22 +9,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import yaml
 from holoscan.conditions import CountCondition
 from monai.deploy.core import Application
 
-from operators.app_result import AppRef
+from operators.app_manifest import app_ref
 from operators.fhir_labs_loader_operator import FhirLabsLoaderOperator
 from operators.result_writer_operator import ResultWriterOperator
 from operators.severity_classifier_operator import SeverityClassifierOperator
 
 APP_YAML = Path(__file__).with_name("app.yaml")
-
-
-def app_ref(manifest: Path = APP_YAML) -> AppRef:
-    """The app's name (its package) and version, from ``app.yaml``."""
-    data = yaml.safe_load(manifest.read_text(encoding="utf-8"))
-    return AppRef(name=Path(manifest).parent.name, version=str(data["application"]["version"]))
 
 
 class LabSeverityApp(Application):
@@ -36,7 +29,8 @@ class LabSeverityApp(Application):
         loader = FhirLabsLoaderOperator(
             self, CountCondition(self, 1), input_folder=Path(context.input_path), model_path=model_path, name="loader"
         )
-        classifier = SeverityClassifierOperator(self, model_path=model_path, app=app_ref(), name="classifier")
+        classifier = SeverityClassifierOperator(self, model_path=model_path, app=app_ref(APP_YAML.parent),
+                                                name="classifier")
         writer = ResultWriterOperator(self, output_folder=Path(context.output_path), name="writer")
         self.add_flow(loader, classifier, {("features", "features")})
         self.add_flow(classifier, writer, {("result", "result")})

@@ -21,6 +21,7 @@ from monai.deploy.operators.dicom_data_loader_operator import DICOMDataLoaderOpe
 from monai.deploy.operators.dicom_series_to_volume_operator import DICOMSeriesToVolumeOperator
 
 from apps.mr_segmentation import __version__
+from operators.app_manifest import app_ref
 from operators.result_writer_operator import ResultWriterOperator
 from operators.segmentation_operator import SegmentationOperator
 from operators.structure_volumes_operator import StructureVolumesOperator
@@ -47,7 +48,8 @@ class MRSegmentationApp(Application):
         selector = VolumeSeriesSelectorOperator(self, modalities=("MR",), name="series_selector")
         to_volume = DICOMSeriesToVolumeOperator(self, name="series_to_volume")
         segment = SegmentationOperator(self, model_path=model_path, name="segmentation")
-        volumes = StructureVolumesOperator(self, app_name=APP_NAME, app_version=__version__, name="structure_volumes")
+        ref = app_ref(Path(__file__).resolve().parent)
+        volumes = StructureVolumesOperator(self, app_name=ref.name, app_version=ref.version, name="structure_volumes")
         writer = ResultWriterOperator(self, output_folder=Path(ctx.output_path), name="result_writer")
 
         self.add_flow(loader, selector, {("dicom_study_list", "dicom_study_list")})

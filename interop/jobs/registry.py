@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from interop.errors import InvalidInput, NotFound
+from operators.app_manifest import read_manifest
 from operators.model_bundle import ModelBundleError, read_metadata
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def _bundled_apps_dir() -> Path:
 
 
 def load_app(folder: Path, models: dict[str, Path], python_path: Path) -> AppSpec:
-    manifest = yaml.safe_load((folder / "app.yaml").read_text(encoding="utf-8")) or {}
+    manifest = read_manifest(folder)
     app = manifest.get("application") or {}
     ours = manifest.get("interop") or {}
     name = folder.name
