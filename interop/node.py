@@ -59,6 +59,7 @@ class Node:
         self.router = Router(self.db, self.fhir, self.rules, self.apps, self.queue, settings.jobs,
                              on_new_jobs=self.jobs.notify)
         self.assembler.subscribe(lambda _event: self.router.wake())
+        self.hl7.on_stored = self.router.wake
         self.started = False
 
     def start(self) -> None:

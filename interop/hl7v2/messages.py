@@ -86,6 +86,8 @@ class MessageLog:
         self.options = options
         self.application = application
         self.facility = facility
+        #: Called (in the receiving thread) after a message's resources are committed, e.g. to wake routing.
+        self.on_stored: Callable[[], None] | None = None
 
     # -- receive ---------------------------------------------------------------------------------------------
 
@@ -139,6 +141,8 @@ class MessageLog:
                 s.flush()
                 resources = self._apply(s, mapped) if mapped is not None else []
                 row.resources = json.dumps(resources) if resources else None
+            if resources and self.on_stored is not None:
+                self.on_stored()
             return Received(header, outcome, row.id, resources=tuple(resources))
         except IntegrityError:
             # The same sender and control ID committed by another connection meanwhile: answer as it was.

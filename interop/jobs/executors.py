@@ -26,7 +26,7 @@ from interop.config import JobSettings
 from interop.fhir.store import FhirStore
 from interop.jobs.queue import JobQueue
 from interop.jobs.registry import AppRegistry
-from interop.jobs.worker import Worker
+from interop.jobs.worker import Worker, clean_scratch
 from interop.store.blobs import BlobStore
 from interop.store.db import Database
 
@@ -176,6 +176,10 @@ class JobService:
             lost = self.queue.reap(owner_prefix=worker_prefix("local").rsplit(":", 1)[0] + ":")
             if lost:
                 log.warning("re-queued %d job(s) that were running when the node stopped: %s", len(lost), lost)
+        if isinstance(self.executor, LocalExecutor) and self.executor.workers:
+            removed = clean_scratch(self.executor.workers[0].work_dir, self.queue)
+            if removed:
+                log.info("removed %d scratch folder(s) of runs that ended with the last process", removed)
         self.executor.start(warm)
         interval = max(0.5, min(5.0, self.settings.lease_seconds / 4))
 

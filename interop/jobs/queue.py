@@ -250,6 +250,10 @@ class JobQueue:
                 j.dispatched_at = now
             return [(j.id, j.priority) for j in jobs]
 
+    def running_ids(self) -> set[int]:
+        with self.db.reading() as s:
+            return set(s.scalars(select(Job.id).where(Job.state == "running")))
+
     def next_due_in(self) -> float | None:
         """Seconds until the earliest retrying job is due (0 if one is queued now), None if none waits."""
         with self.db.reading() as s:

@@ -124,6 +124,21 @@ class RunOutcome:
     exit_code: int | None = None
 
 
+def clean_scratch(work_dir: Path, queue: JobQueue) -> int:
+    """Remove scratch directories (``job<id>-*``) left by runs that are no longer running (a crash); a
+    directory of a job still running elsewhere (another worker sharing the volume) is kept."""
+    if not work_dir.is_dir():
+        return 0
+    running = queue.running_ids()
+    removed = 0
+    for d in work_dir.glob("job*-*"):
+        head = d.name.split("-", 1)[0][3:]
+        if d.is_dir() and head.isdigit() and int(head) not in running:
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 class Worker:
     """Runs jobs one at a time. ``name`` identifies it in leases and attempts (``<host>:<pid>:<slot>``)."""
 

@@ -171,7 +171,10 @@ class Router:
                 new.append(got[0])
         return new
 
-    def route_patient(self, patient_ref: str, now: dt.datetime | None = None) -> list[int]:
+    def route_patient(self, patient_ref: str, now: dt.datetime | None = None,
+                      triggered_at: dt.datetime | None = None) -> list[int]:
+        """Lab-only rules for one patient; ``triggered_at`` (when the newest result was stored) starts the
+        job's latency clock."""
         rules = [r for r in self.rules.rules() if r.enabled and r.study is None and r.labs is not None]
         if not rules:
             return []
@@ -185,7 +188,7 @@ class Router:
         new: list[int] = []
         for d in decide_labs(rules, labs, now):
             got = self.enqueue(d, study_uid=None, patient_id=idents[0] if idents else patient_ref,
-                               patient_ref=patient_ref, triggered_at=now)
+                               patient_ref=patient_ref, triggered_at=triggered_at or now)
             if got and got[1]:
                 new.append(got[0])
         return new
@@ -224,16 +227,17 @@ class Router:
         rows = [r for r in rows if (r.pk, r.version_id) not in self._seen]
         if not rows:
             return []
-        patients: set[str] = set()
+        patients: dict[str, dt.datetime] = {}
         for r in rows:
-            self._seen[(r.pk, r.version_id)] = aware(r.last_updated) or since
+            stored = aware(r.last_updated) or since
+            self._seen[(r.pk, r.version_id)] = stored
             if r.content:
                 subject = (json.loads(r.content).get("subject") or {}).get("reference", "")
                 if subject.startswith("Patient/"):
-                    patients.add(subject)
+                    patients[subject] = max(stored, patients.get(subject, stored))
         new: list[int] = []
-        for ref in sorted(patients):
-            new += self.route_patient(ref)
+        for ref, stored in sorted(patients.items()):
+            new += self.route_patient(ref, triggered_at=stored)
         latest = max(aware(r.last_updated) or since for r in rows)
         if cur.at is None or latest > cur.at:
             self._save_cursor("observations", 0, latest)

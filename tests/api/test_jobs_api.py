@@ -112,6 +112,7 @@ def test_crash_mid_job_reruns_it_once_after_restart(server_factory: Any, tmp_pat
         assert [a["outcome"] for a in job["attempt_history"]] == ["lost", "succeeded"]
         assert "restarted" in job["attempt_history"][0]["reason"]
         assert len(list(markers.iterdir())) == 2
+        assert not list((srv.data_dir / "work").iterdir())  # the killed run's scratch folder was removed
 
 
 def test_cancel_a_running_job(server_factory: Any, tmp_path: Path) -> None:
