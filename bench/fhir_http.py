@@ -7,9 +7,10 @@ bare FastAPI endpoint on the same server stack.
   ``GET /fhir/Observation?patient=…&code=…&date=ge…`` (one patient's glucose results), ``create``
   ``POST /fhir/Observation``.
 * ``bare``: a FastAPI app under the same uvicorn that answers ``GET /Observation/{id}`` with a stored
-  Observation from a dict: the floor of any FastAPI FHIR endpoint (HTTP, routing, JSON), no auth, no DB.
+  Observation from a dict, and ``POST /Observation`` by parsing the JSON body and returning it (201): the
+  floor of any FastAPI FHIR endpoint (HTTP, routing, JSON), no auth, no validation, no DB.
 
-Output: p50/p95 ms per interaction and database, and read p50 ours / bare.
+Output: p50/p95 ms per interaction and database, and p50 ours / bare for read and create.
 
     .venv/bin/python bench/fhir_http.py                   # --n 100000 --requests 300 [--postgres]
 """
@@ -148,6 +149,7 @@ def run_interop(db_url: str, work: Path, n: int, requests: int) -> dict[str, lis
 BARE = textwrap.dedent('''
     import json, sys
     from fastapi import FastAPI
+    from fastapi import Request
     from fastapi.responses import Response
     import uvicorn
     app = FastAPI()
@@ -158,11 +160,15 @@ BARE = textwrap.dedent('''
     @app.get("/Observation/{id}")
     def read(id: str) -> Response:
         return Response(store.get(id, doc), media_type="application/fhir+json")
+    @app.post("/Observation")
+    async def create(request: Request) -> Response:
+        body = json.loads(await request.body())
+        return Response(json.dumps(body), status_code=201, media_type="application/fhir+json")
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
 ''')
 
 
-def run_bare(work: Path, requests: int) -> list[float]:
+def run_bare(work: Path, requests: int) -> dict[str, list[float]]:
     port = free_port()
     script = work / "bare.py"
     script.write_text(BARE)
@@ -172,7 +178,9 @@ def run_bare(work: Path, requests: int) -> list[float]:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
             for _ in range(20):
                 http.get("/Observation/1")
-            return timed(lambda: http.get(f"/Observation/{random.randrange(100000)}"), requests)
+            read = timed(lambda: http.get(f"/Observation/{random.randrange(100000)}"), requests)
+            create = timed(lambda: http.post("/Observation", json=observation("Patient/1", 0)), requests)
+            return {"read": read, "create": create}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -219,7 +227,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-fhir-"))
     try:
         bare = run_bare(work, a.requests)
-        print(summary("bare", bare), "(FastAPI, dict lookup)", flush=True)
+        print("bare FastAPI:", flush=True)
+        print("  " + summary("read", bare["read"]), "(dict lookup)", flush=True)
+        print("  " + summary("create", bare["create"]), "(parse the body, return it)", flush=True)
         dbs = [("sqlite", f"sqlite:///{work / 'sqlite' / 'interop.db'}")]
         stops = []
         if a.postgres:
@@ -233,8 +243,9 @@ def main() -> None:
                 res = run_interop(url, work / name, a.n, a.requests)
                 for k, v in res.items():
                     print("  " + summary(k, v), flush=True)
-                ratio = statistics.median(res["read"]) / statistics.median(bare)
-                print(f"  read p50 ours/bare: {ratio:.2f}", flush=True)
+                for k in ("read", "create"):
+                    ratio = statistics.median(res[k]) / statistics.median(bare[k])
+                    print(f"  {k} p50 ours/bare: {ratio:.2f}", flush=True)
         finally:
             for stop in stops:
                 stop()
