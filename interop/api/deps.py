@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,8 +11,11 @@ from interop.auth import Principal
 from interop.errors import Unauthorized
 from interop.node import Node
 
+# The dependencies below are ``async def`` on purpose: they do no I/O (token checks are ~20 µs of CPU), and a
+# plain ``def`` dependency costs a hop to the thread pool and back on every request.
 
-def get_node(request: Request) -> Node:
+
+async def get_node(request: Request) -> Node:
     node: Node = request.app.state.node
     return node
 
@@ -20,7 +23,7 @@ def get_node(request: Request) -> Node:
 NodeDep = Annotated[Node, Depends(get_node)]
 
 
-def get_principal(request: Request, node: NodeDep) -> Principal:
+async def get_principal(request: Request, node: NodeDep) -> Principal:
     """The caller, from ``Authorization: Bearer <token>`` (RFC 6750); 401 without a valid one."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -34,10 +37,10 @@ def get_principal(request: Request, node: NodeDep) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require(resource: str, permission: str) -> Callable[[Principal], Principal]:
+def require(resource: str, permission: str) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that demands a SMART scope granting ``permission`` (c r u d s) on ``resource``."""
 
-    def check(principal: PrincipalDep) -> Principal:
+    async def check(principal: PrincipalDep) -> Principal:
         principal.require(resource, permission)
         return principal
 
