@@ -60,6 +60,29 @@ def delete_rule(name: str, node: NodeDep, _: CanAdminister) -> Response:
     return Response(status_code=204)
 
 
+class RoutingPreview(BaseModel):
+    study_uid: str
+    #: Rules to try instead of the stored ones (e.g. a rule being written); default: the stored rules.
+    rules: list[RoutingRule] | None = None
+
+
+@router.post("/routing/preview")
+def preview_routing(body: RoutingPreview, node: NodeDep, _: CanReadJobs) -> dict[str, Any]:
+    """Which rules a stored study matches and what each job's input would be; nothing is queued (a dry run
+    for whoever is writing a rule)."""
+    facts, decisions, _ref = node.router.study_decisions(body.study_uid, dt.datetime.now(dt.UTC), body.rules)
+    return {
+        "study_uid": facts.study_uid,
+        "series": [{"series_uid": s.series_uid, "modality": s.modality, "body_part": s.body_part,
+                    "description": s.description, "sop_classes": sorted(s.sop_classes),
+                    "calling_aes": sorted(s.calling_aes), "instances": len(s.sop_instance_uids)}
+                   for s in facts.series],
+        "matches": [{"rule": d.rule, "app": d.app, "priority": d.priority, "series_uids": list(d.series_uids),
+                     "instances": len(d.sop_instance_uids), "observations": list(d.observations),
+                     "reason": d.reason} for d in decisions],
+    }
+
+
 @router.get("/jobs")
 def list_jobs(
     node: NodeDep,

@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from interop.config import JobSettings
+from interop.config import JobSettings, RoutingRule
+from interop.errors import NotFound
 from interop.fhir.imaging_study import sync_imaging_study
 from interop.fhir.models import FhirResource
 from interop.fhir.store import FhirStore
@@ -150,11 +151,13 @@ class Router:
                  study_uid or patient_ref, d.reason)
         return job_id, created
 
-    def route_study(self, study_uid: str, ready_at: dt.datetime) -> list[int]:
+    def study_decisions(self, study_uid: str, ready_at: dt.datetime,
+                        rules: list[RoutingRule] | None = None) -> tuple[StudyFacts, list[Decision], str | None]:
+        """What ``rules`` (default: the stored ones) decide for a stored study; nothing is queued."""
         facts = self.study_facts(study_uid, ready_at)
         if facts is None:
-            return []
-        rules = self.rules.rules()
+            raise NotFound(f"no study {study_uid}")
+        rules = self.rules.rules() if rules is None else rules
         labs: list[LabFact] = []
         patient_ref: str | None = None
         needs_labs = any(r.enabled and r.study is not None and r.labs is not None for r in rules)
@@ -163,8 +166,15 @@ class Router:
             patient_ref = refs[0] if refs else None
             for ref in refs:
                 labs += self.patient_labs(ref, lab_codes(rules))
+        return facts, decide_study(rules, facts, labs), patient_ref
+
+    def route_study(self, study_uid: str, ready_at: dt.datetime) -> list[int]:
+        try:
+            facts, decisions, patient_ref = self.study_decisions(study_uid, ready_at)
+        except NotFound:
+            return []
         new: list[int] = []
-        for d in decide_study(rules, facts, labs):
+        for d in decisions:
             got = self.enqueue(d, study_uid=study_uid, patient_id=facts.patient_id, patient_ref=patient_ref,
                                triggered_at=ready_at)
             if got and got[1]:

@@ -130,3 +130,20 @@ def test_cancel_a_running_job(server_factory: Any, tmp_path: Path) -> None:
         job = wait_job(http, app="probe", timeout=30)
         assert job["state"] == "cancelled"
         assert http.post(f"/api/jobs/{job['id']}/cancel").status_code == 409
+
+
+def test_routing_preview_is_a_dry_run(server_factory: Any, tmp_path: Path) -> None:
+    srv = server_factory(probe_env(probe_bundle(tmp_path / "b"), rules=[]))
+    store(srv, "CT_small.dcm")
+    import pydicom
+
+    study_uid = str(pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True).StudyInstanceUID)
+    with srv.client() as http:
+        time.sleep(2)
+        assert http.post("/api/routing/preview", json={"study_uid": study_uid}).json()["matches"] == []
+        trial = [CT_RULE, {"name": "mr", "app": "probe", "study": {"modalities": ["MR"]}}]
+        got = http.post("/api/routing/preview", json={"study_uid": study_uid, "rules": trial}).json()
+        assert [(m["rule"], m["app"], m["instances"]) for m in got["matches"]] == [("ct", "probe", 1)]
+        assert got["series"][0]["modality"] == "CT"
+        assert http.get("/api/jobs").json() == []  # nothing was queued
+        assert http.post("/api/routing/preview", json={"study_uid": "1.2.3"}).status_code == 404
