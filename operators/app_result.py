@@ -86,6 +86,8 @@ class Measurement(_Strict):
     value: float
     unit: str  # UCUM, e.g. "mL", "mm", "1"
     finding_site: Coding | None = None  # the structure measured
+    #: Left / right / bilateral of the finding site (SNOMED CT 7771000 / 24028007 / 51440002), if paired.
+    laterality: Coding | None = None
     segment_number: int | None = None  # the segment it was measured on, if any
 
 
@@ -93,6 +95,7 @@ class Segment(_Strict):
     number: int = Field(ge=1, le=255)
     name: str
     code: Coding  # the anatomic structure (SNOMED CT)
+    laterality: Coding | None = None  # for a paired structure (DICOM SEG: Anatomic Region Modifier)
 
 
 class Segmentation(_Strict):

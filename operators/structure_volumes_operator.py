@@ -42,12 +42,13 @@ def structure_volumes_ml(labels: np.ndarray, affine: np.ndarray, numbers: Sequen
 def build_result(seg: SegmentationOutput, app_name: str, app_version: str) -> tuple[AppResult, dict[str, np.ndarray]]:
     """The AppResult (segmentation + one volume measurement per structure) and its arrays."""
     src = seg.source
-    segments = [Segment(number=int(s["number"]), name=str(s["name"]), code=Coding(**s["code"]))
+    segments = [Segment(number=int(s["number"]), name=str(s["name"]), code=Coding(**s["code"]),
+                        laterality=Coding(**s["laterality"]) if s.get("laterality") else None)
                 for s in seg.segments]
     volumes = structure_volumes_ml(seg.labels, src.affine, [s.number for s in segments])
     measurements = [
         Measurement(name=f"{s.name} volume", code=VOLUME, value=round(volumes[s.number], 2), unit="mL",
-                    finding_site=s.code, segment_number=s.number)
+                    finding_site=s.code, laterality=s.laterality, segment_number=s.number)
         for s in segments
     ]
     found = [f"{s.name} {volumes[s.number]:.1f} mL" for s in segments]

@@ -192,6 +192,9 @@ def test_app_segments_demo_series_like_the_atlas(tmp_path: Path, series_dir: Pat
     for s in seg.segments:
         m = by_number[s.number]
         assert m.code.code == "118565006" and m.unit == "mL" and m.finding_site == s.code
+        assert m.laterality == s.laterality
+        side = {"Left": "7771000", "Right": "24028007"}.get(s.name.split()[0])
+        assert (s.laterality.code if s.laterality else None) == side, s.name
         assert m.value == pytest.approx(np.count_nonzero(labels == s.number) * voxel_ml, abs=0.01)
         true_ml = np.count_nonzero(truth == s.number) * voxel_ml
         assert abs(m.value - true_ml) < VOLUME_TOLERANCE * true_ml, (s.name, m.value, true_ml)
