@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from sqlalchemy import func, select
 
+from interop import metrics
 from interop.store.db import Database
 from interop.store.models import Instance, Series, Study, StudyEvent
 
@@ -105,6 +106,7 @@ class StudyAssembler:
                 ev = StudyEvent(study_uid=uid, kind="ready", series_count=n_series, instance_count=n_inst, at=now)
                 s.add(ev)
                 events.append(ev)
+        metrics.STUDIES_READY.inc(len(events))
         for ev in events:
             log.info("study %s ready (%d series, %d instances)", ev.study_uid, ev.series_count, ev.instance_count)
             for listener in self._listeners:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 
+from interop import metrics
 from interop.assembly import StudyAssembler
 from interop.auth import TokenService
 from interop.config import Settings
@@ -60,6 +61,7 @@ class Node:
                              on_new_jobs=self.jobs.notify)
         self.assembler.subscribe(lambda _event: self.router.wake())
         self.hl7.on_stored = self.router.wake
+        metrics.watch_queue(self.queue.depth)
         self.started = False
 
     def start(self) -> None:

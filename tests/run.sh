@@ -2,7 +2,8 @@
 # Set up and run the whole test suite on a fresh Debian 12 machine:
 #   bash tests/run.sh [pytest args...]
 # Installs the real peers the tests talk to (dcmtk, PostgreSQL, Orthanc, dicom3tools, Redis) and data
-# (mricron-data: the Colin27 MRI and atlases) with apt-get when running as root and they are missing, makes .venv, installs the project with its test extras, then runs
+# (mricron-data: the Colin27 MRI and atlases) with apt-get when running as root and they are missing,
+# makes .venv, installs the project with its test extras, then runs
 # ruff, mypy and pytest. Tests whose peer could not be installed are reported as skipped with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
+from interop import metrics
 from interop.api import errors, health, jobs, studies
 from interop.node import Node
 
@@ -36,6 +38,21 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     )
     app.state.node = node
     errors.install(app)
+
+    @app.middleware("http")
+    async def fhir_latency(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """FHIR request latency by interaction (the route's path template, after routing)."""
+        if not request.url.path.startswith("/fhir"):
+            return await call_next(request)
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", None) or request.url.path
+        interaction = metrics.fhir_interaction(request.method, template)
+        metrics.FHIR_SECONDS.labels(interaction, f"{response.status_code // 100}xx").observe(
+            time.perf_counter() - started)
+        return response
+
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(jobs.router)

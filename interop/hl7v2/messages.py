@@ -27,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from interop import metrics
 from interop.config import Hl7Settings
 from interop.errors import InteropError
 from interop.hl7v2.ack import Outcome, build_ack
@@ -94,6 +95,7 @@ class MessageLog:
     def handle(self, raw: bytes, peer: str | None = None) -> bytes:
         """Process one message (the payload of an MLLP frame) and return its ACK; never raises."""
         got = self.receive(raw, peer)
+        metrics.HL7_MESSAGES.labels(got.header.message_type if got.header else "unreadable", got.outcome.code).inc()
         return self.ack(got.header, got.outcome)
 
     def ack(self, header: Header | None, outcome: Outcome) -> bytes:

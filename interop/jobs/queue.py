@@ -67,6 +67,8 @@ class Claim:
     timeout_seconds: float
     study_uid: str | None
     patient_id: str | None
+    model_version: str = ""
+    triggered_at: dt.datetime | None = None
 
 
 class JobQueue:
@@ -131,7 +133,7 @@ class JobQueue:
             job.next_attempt_at = None
             s.add(JobAttempt(job_id=job.id, number=job.attempts, worker=worker, started_at=now, outcome="running"))
             return Claim(job.id, token, job.attempts, job.app, json.loads(job.inputs), job.timeout_seconds,
-                         job.study_uid, job.patient_id)
+                         job.study_uid, job.patient_id, job.model_version, aware(job.triggered_at))
 
     def renew(self, job_id: int, token: str) -> tuple[bool, bool]:
         """Extend the lease: ``(still held, cancel requested)``."""
@@ -249,6 +251,12 @@ class JobQueue:
             for j in jobs:
                 j.dispatched_at = now
             return [(j.id, j.priority) for j in jobs]
+
+    def depth(self) -> list[tuple[str, str, int]]:
+        """(app, state, number of jobs) for every pair present."""
+        with self.db.reading() as s:
+            return [(a, st, int(n)) for a, st, n in s.execute(
+                select(Job.app, Job.state, func.count(Job.id)).group_by(Job.app, Job.state))]
 
     def running_ids(self) -> set[int]:
         with self.db.reading() as s:

@@ -11,6 +11,7 @@ arrays go to the blob store.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import IO, Any
 
 from sqlalchemy import select
 
+from interop import metrics
 from interop.errors import InteropError
 from interop.fhir.store import FhirStore
 from interop.jobs.queue import Claim, JobQueue
@@ -181,13 +183,21 @@ class Worker:
         if claim is None:
             return False
         log.info("job %s (%s) attempt %d started by %s", claim.job_id, claim.app, claim.attempt, self.name)
+        if claim.attempt == 1 and claim.triggered_at is not None:
+            waited = (dt.datetime.now(dt.UTC) - claim.triggered_at).total_seconds()
+            metrics.TRIGGER_TO_START.labels(claim.app).observe(max(0.0, waited))
+        started = time.monotonic()
+        outcome = "error"
         try:
-            self._run(claim)
+            outcome = self._run(claim)
         finally:
+            metrics.JOB_ATTEMPTS.labels(claim.app, claim.model_version, outcome).inc()
+            metrics.JOB_SECONDS.labels(claim.app, claim.model_version).observe(time.monotonic() - started)
             self.warm_up()
         return True
 
-    def _run(self, claim: Claim) -> None:
+    def _run(self, claim: Claim) -> str:
+        """Run the attempt; returns how it ended (succeeded, error, timeout, cancelled, lost)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"job{claim.job_id}-", dir=self.work_dir))
         try:
@@ -198,13 +208,13 @@ class Worker:
             except (InteropError, OSError, ValueError) as exc:
                 state = self.queue.fail(claim, "error", f"input not prepared: {exc}")
                 log.warning("job %s: input not prepared (%s); now %s", claim.job_id, exc, state)
-                return
+                return "error"
             out_dir = scratch / "output"
             out_dir.mkdir()
             timeout = claim.timeout_seconds
             outcome = self._execute(claim, spec, in_dir, out_dir, scratch, timeout)
             if outcome.outcome == "lost":
-                return  # the lease is gone: another run owns the job now
+                return "lost"  # the lease is gone: another run owns the job now
             if outcome.outcome == "succeeded":
                 try:
                     result = AppResult.read(out_dir)
@@ -214,13 +224,17 @@ class Worker:
                     arrays = self._store_arrays(claim.job_id, out_dir, result.array_files())
                     if self.queue.succeed(claim, result.as_json(), arrays):
                         log.info("job %s (%s) succeeded: %s", claim.job_id, claim.app, result.summary)
-                    else:
-                        for key in arrays.values():
-                            self.blobs.delete(key)
-                    return
+                        if "inference_seconds" in result.timing:
+                            metrics.INFERENCE_SECONDS.labels(claim.app, result.model.version).observe(
+                                result.timing["inference_seconds"])
+                        return "succeeded"
+                    for key in arrays.values():
+                        self.blobs.delete(key)
+                    return "lost"
             state = self.queue.fail(claim, outcome.outcome, outcome.reason or outcome.outcome, outcome.exit_code)
             log.warning("job %s (%s) attempt %d %s: %s; now %s", claim.job_id, claim.app, claim.attempt,
                         outcome.outcome, outcome.reason, state)
+            return outcome.outcome
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

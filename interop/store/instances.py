@@ -29,6 +29,7 @@ from sqlalchemy import Connection, CursorResult, Table, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from interop import metrics
 from interop.config import DuplicatePolicy
 from interop.errors import DatasetMismatch, DuplicateInstance
 from interop.store.blobs import BlobStore
@@ -181,10 +182,19 @@ class InstanceStore:
         Raises an :class:`~interop.errors.InteropError` subclass when it can't be stored; the file is
         removed either way.
         """
+        size = path.stat().st_size if path.exists() else 0
         try:
-            return self._ingest(
+            result = self._ingest(
                 path, source, calling_ae, expected_sop_class, expected_sop_uid, expected_study_uid, session_key
             )
+        except BaseException:
+            metrics.INSTANCES.labels(source, "failed").inc()
+            raise
+        else:
+            metrics.INSTANCES.labels(source, "stored" if result.stored else "duplicate").inc()
+            if result.stored:
+                metrics.BYTES.labels(source).inc(size)
+            return result
         finally:
             if path.exists():
                 path.unlink(missing_ok=True)

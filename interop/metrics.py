@@ -1,0 +1,90 @@
+"""Prometheus metrics of the node (``GET /metrics``, text exposition format 0.0.4).
+
+Counters and histograms are recorded where the work happens (the one ingest path, the HL7 message log, the
+job worker, the FHIR router); the job queue's depth is read from the database at scrape time, so it is
+right whichever process (server or Celery worker) changed it. No label carries patient data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+INSTANCES = Counter("interop_dicom_instances_received", "DICOM instances received, by path and outcome",
+                    ["source", "outcome"], registry=REGISTRY)
+BYTES = Counter("interop_dicom_bytes_received", "Bytes of DICOM instances stored", ["source"], registry=REGISTRY)
+STUDIES_READY = Counter("interop_studies_ready", "Studies that became ready for routing", registry=REGISTRY)
+HL7_MESSAGES = Counter("interop_hl7_messages", "HL7 v2 messages answered, by message type and ACK code",
+                       ["message_type", "ack"], registry=REGISTRY)
+JOB_ATTEMPTS = Counter("interop_job_attempts", "Job attempts ended, by app, model version and outcome",
+                       ["app", "model_version", "outcome"], registry=REGISTRY)
+JOB_SECONDS = Histogram("interop_job_attempt_seconds", "Wall time of a job attempt (child process included)",
+                        ["app", "model_version"], registry=REGISTRY,
+                        buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300, 600))
+TRIGGER_TO_START = Histogram("interop_job_trigger_to_start_seconds",
+                             "From the trigger (study ready, lab set stored) to the job's first attempt",
+                             ["app"], registry=REGISTRY, buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
+INFERENCE_SECONDS = Histogram("interop_app_inference_seconds", "The app's own inference time (its result's timing)",
+                              ["app", "model_version"], registry=REGISTRY,
+                              buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
+FHIR_SECONDS = Histogram("interop_fhir_request_seconds", "FHIR REST request latency by interaction and status class",
+                         ["interaction", "status"], registry=REGISTRY,
+                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+
+
+class QueueCollector(Collector):
+    """``interop_jobs`` gauge: jobs per app and state, counted in the database when scraped."""
+
+    def __init__(self, count: Any) -> None:
+        self.count = count  # () -> list of (app, state, n)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("interop_jobs", "Jobs in the queue by app and state", labels=["app", "state"])
+        try:
+            for app, state, n in self.count():
+                g.add_metric([app, state], n)
+        except Exception:  # a scrape must not fail because the database is briefly unavailable
+            pass
+        yield g
+
+
+_collector: QueueCollector | None = None
+
+
+def watch_queue(count: Any) -> None:
+    """Register (or re-point) the queue-depth collector for this process's node."""
+    global _collector
+    if _collector is None:
+        _collector = QueueCollector(count)
+        REGISTRY.register(_collector)
+    else:
+        _collector.count = count
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)
+
+
+def fhir_interaction(method: str, route: str) -> str:
+    """The FHIR interaction (http.html) of a request to ``route`` (the router's path template)."""
+    parts = [p for p in route.split("/") if p]
+    tail = parts[1:] if parts and parts[0] == "fhir" else parts
+    if not tail:
+        return "transaction" if method == "POST" else "capabilities"
+    if tail == ["metadata"]:
+        return "capabilities"
+    if len(tail) == 1:
+        return {"GET": "search-type", "POST": "create", "PUT": "conditional-update"}.get(method, method.lower())
+    if tail[-1] == "_search":
+        return "search-type"
+    if tail[-1] == "_history":
+        return "history-instance"
+    if len(tail) >= 4 and tail[-2] == "_history":
+        return "vread"
+    return {"GET": "read", "PUT": "update", "DELETE": "delete", "PATCH": "patch"}.get(method, method.lower())
