@@ -1,0 +1,1 @@
+"""Write-back: turning an app's result into the objects clinicians see (DICOM SR/SEG, FHIR reports)."""
