@@ -86,3 +86,42 @@ def test_report_needs_evidence_and_content() -> None:
         measurement_report(empty, [], series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
     with pytest.raises(ValueError, match="no findings or measurements"):
         measurement_report(empty, [mr], series_instance_uid=hd.UID(), sop_instance_uid=hd.UID())
+
+
+def test_label_map_as_dicom_seg_references_each_source_slice(tmp_path: Path) -> None:
+    import numpy as np
+
+    from interop.writeback.seg import segmentation
+
+    if not Path("/usr/share/mricron/templates/ch2.nii.gz").exists():
+        pytest.skip("mricron-data is not installed (tests/run.sh: apt-get install mricron-data)")
+    from apps.mr_segmentation.make_demo_series import make_demo_series
+
+    files = make_demo_series(tmp_path / "mr", step=12)
+    slices = sorted((pydicom.dcmread(f, stop_before_pixels=True) for f in files),
+                    key=lambda d: float(d.ImagePositionPatient[2]))
+    labels = np.zeros((len(slices), slices[0].Rows, slices[0].Columns), dtype=np.uint8)
+    labels[2:5, 60:90, 50:80] = 1
+    labels[3:6, 100:120, 100:130] = 3  # segment 2 is absent from this map
+    segments = [{"number": n, "name": name, "code": {"system": SNOMED, "code": code, "display": name}}
+                for n, name, code in ((1, "Thalamus", "42695009"), (2, "Putamen", "89278009"),
+                                      (3, "Hippocampus", "5366008"))]
+    result = AppResult.model_validate({
+        "app": {"name": "mr_segmentation", "version": "0.1.0"}, "model": {**MODEL, "name": "mr_demo"},
+        "notice": MODEL["notice"], "inputs": {},
+        "segmentations": [{"file": "labels.npy", "segments": segments,
+                           "series_instance_uid": slices[0].SeriesInstanceUID,
+                           "referenced_sop_instance_uids": [d.SOPInstanceUID for d in slices]}],
+    })
+    seg = segmentation(result, result.segmentations[0], labels, slices, series_instance_uid=hd.UID(),
+                       sop_instance_uid=hd.UID())
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path)
+    assert _dciodvfy(path) == []
+    back = hd.seg.segread(path)
+    assert [d.SegmentLabel for d in back.SegmentSequence] == ["Thalamus", "Hippocampus"]
+    assert all(d.SegmentAlgorithmType == "AUTOMATIC" for d in back.SegmentSequence)
+    assert back.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "5366008"
+    referenced = {ref.ReferencedSOPInstanceUID for f in back.PerFrameFunctionalGroupsSequence
+                  for ref in f.DerivationImageSequence[0].SourceImageSequence}
+    assert referenced == {d.SOPInstanceUID for d in slices[2:6]}  # the slices the segments lie on
