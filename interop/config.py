@@ -56,6 +56,9 @@ class DicomSettings(_Section):
     wake_on_message: bool = True
     #: Seconds of network silence before an association is aborted.
     network_timeout: float = Field(60.0, gt=0)
+    #: DICOM over TLS (PS3.15 Annex B, BCP 195): certificate, key; a CA to check client certificates.
+    #: Without it: plain TCP.
+    tls: TlsSettings | None = None
 
     @field_validator("ae_title")
     @classmethod

@@ -37,6 +37,7 @@ from interop.errors import InteropError, OutOfResources
 from interop.store.db import Database
 from interop.store.instances import InstanceStore
 from interop.store.query import LEVELS, Level, parse_query, run_query
+from interop.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -376,8 +377,9 @@ class DimseListener:
             (evt.EVT_C_FIND, handle_find, [self.store.db, self.header_reader, self.settings.ae_title]),
             (evt.EVT_CONN_CLOSE, handle_close, [self.sessions]),
         ]
+        tls = server_context(self.settings.tls) if self.settings.tls else None
         server = cast(_Server, ae.make_server((self.settings.host, self.settings.port), evt_handlers=handlers,
-                                              server_class=_Server))
+                                              server_class=_Server, ssl_context=tls))
         server.allowed_hosts = frozenset(self.settings.allowed_hosts)
         # As AE.start_server does: the server's shutdown() unregisters itself from this list.
         ae._servers.append(server)
@@ -385,7 +387,8 @@ class DimseListener:
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dimse-listener", daemon=True)
         self._thread.start()
-        log.info("DICOM listener %s on %s:%d", self.settings.ae_title, self.settings.host, self.port)
+        log.info("DICOM listener %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port,
+                 " (TLS)" if tls else "")
 
     def stop(self) -> None:
         if self._server is not None:
