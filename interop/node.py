@@ -21,6 +21,7 @@ from interop.routing.rules import RuleStore
 from interop.store.blobs import FileBlobStore
 from interop.store.db import Database
 from interop.store.instances import InstanceStore
+from interop.writeback.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class Node:
         self.assembler.subscribe(lambda _event: self.router.wake())
         self.hl7.on_stored = self.router.wake
         metrics.watch_queue(self.queue.depth)
+        # What succeeded jobs owe: their SR/SEG into this node's own store (interop.writeback.outbox).
+        self.outbox = Outbox(self.db, self.store, self.blobs)
         self.started = False
 
     def start(self) -> None:
@@ -80,6 +83,7 @@ class Node:
         warm = any(r.enabled for r in self.rules.rules())
         self.jobs.start(local=self.settings.jobs.executor == "local", warm=warm)
         self.router.start()
+        self.outbox.start()
         self.started = True
 
     def stop(self) -> None:
@@ -88,6 +92,7 @@ class Node:
         self.assembler.stop()
         self.router.stop()
         self.jobs.stop()
+        self.outbox.stop()
         self.db.dispose()
         self.started = False
 

@@ -50,6 +50,43 @@ def liver_panel(control_id: str, mrn: str, when: dt.datetime) -> str:
     return "\r".join(segs) + "\r"
 
 
+def wait_writebacks(http: httpx.Client, job_id: int, n: int, timeout: float = 60) -> list[dict[str, Any]]:
+    """The job's write-backs once ``n`` of them have ended (sent or dead)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = http.get("/api/writebacks", params={"job_id": job_id}).json()
+        if len(rows) >= n and all(r["state"] in ("sent", "dead") for r in rows):
+            return rows  # type: ignore[no-any-return]
+        time.sleep(0.3)
+    raise AssertionError(f"write-backs of job {job_id} not done: {http.get('/api/writebacks').json()}")
+
+
+def stored_series(srv: ServerProc, http: httpx.Client, study_uid: str, modality: str) -> list[Path]:
+    """Files of the study's stored instances of ``modality`` (found by QIDO, read from the blob store)."""
+    from interop.store.db import Database
+    from interop.store.models import Instance, Series
+
+    series = http.get(f"/dicomweb/studies/{study_uid}/series", params={"Modality": modality}).json()
+    uids = [s["0020000E"]["Value"][0] for s in series]
+    db = Database(f"sqlite:///{srv.data_dir / 'interop.db'}")
+    try:
+        from sqlalchemy import select
+
+        with db.reading() as s:
+            keys = list(s.scalars(select(Instance.blob_key).join(Series, Series.id == Instance.series_pk)
+                                  .where(Series.series_uid.in_(uids))))
+    finally:
+        db.dispose()
+    return [srv.data_dir / "blobs" / "objects" / k[:2] / k for k in keys]
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    from tests.support import require_tool
+
+    out = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True)
+    return [ln for ln in (out.stdout + out.stderr).splitlines() if ln.startswith("Error")]
+
+
 def mllp_send(port: int, message: str, tmp: Path) -> str:
     path = tmp / "msg.hl7"
     path.write_bytes(message.encode())
@@ -120,6 +157,18 @@ def test_chest_cr_by_storescu_runs_cxr_triage(server_factory: Any) -> None:
                 heat = np.load(io.BytesIO(r.content))
                 assert heat.shape == (1955, 1841)  # rows x columns of the radiograph
         assert len({round(f["probability"], 4) for f in findings.values()}) > 1  # not one constant
+        # The result comes back into the study as a TID 1500 SR (write-back to this node's own store).
+        [wb] = wait_writebacks(http, job["id"], 1)
+        assert wb["state"] == "sent" and wb["kind"] == "sr", wb
+        study_uid = result["inputs"]["study_instance_uid"]
+        [sr_file] = stored_series(srv, http, study_uid, "SR")
+        assert dciodvfy_errors(sr_file) == []
+        # The same study again: the job is not run again and no second SR is made.
+        subprocess.run([storescu, "-aec", "INTEROP", "127.0.0.1", str(srv.dicom_port), cxr], check=True,
+                       capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
+        time.sleep(3)
+        assert len(http.get("/api/jobs").json()) == 1
+        assert len(stored_series(srv, http, study_uid, "SR")) == 1
 
 
 MR_RULE = {"name": "brain", "app": "mr_segmentation", "study": {"modalities": ["MR"], "body_parts": ["HEAD", "BRAIN"]}}
@@ -158,3 +207,9 @@ def test_brain_mr_series_by_storescu_runs_mr_segmentation(server_factory: Any, t
         volumes = {m["name"]: m["value"] for m in result["measurements"]}
         assert all(m["unit"] == "mL" for m in result["measurements"])
         assert 2 < volumes["Left hippocampus volume"] < 15 and 60 < volumes["Cerebellum volume"] < 250
+        rows = wait_writebacks(http, job["id"], 2, timeout=120)
+        assert sorted((r["kind"], r["state"]) for r in rows) == [("seg", "sent"), ("sr", "sent")], rows
+        study_uid = result["inputs"]["study_instance_uid"]
+        [seg_file] = stored_series(srv, http, study_uid, "SEG")
+        [sr_file] = stored_series(srv, http, study_uid, "SR")
+        assert dciodvfy_errors(seg_file) == [] and dciodvfy_errors(sr_file) == []

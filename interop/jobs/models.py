@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from interop.store.models import UID, Base, utcnow
@@ -124,3 +124,31 @@ class RouterCursor(Base):
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     position: Mapped[int] = mapped_column(Integer, default=0)
     at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WriteBack(Base):
+    """One object a succeeded job owes one destination (the outbox, interop.writeback.outbox). Its SOP
+    Instance UID is fixed when the row is made, so delivering it twice stores one copy."""
+
+    __tablename__ = "writebacks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    #: ``local`` (this node's own store) for now; PACS/DICOMweb/FHIR destinations come with the write-back issue.
+    destination: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # sr | seg
+    item: Mapped[int] = mapped_column(Integer, default=0)  # which segmentation, for seg
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    #: ``pending`` → ``sent``; on failure ``retrying`` (with backoff) until ``dead``.
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("destination", "sop_instance_uid", name="uq_writebacks_destination_sop"),
+        Index("ix_writebacks_due", "state", "next_attempt_at", "id"),
+    )
