@@ -95,7 +95,9 @@ class Router:
             rows = s.execute(select(Series.series_uid, Series.modality, Series.body_part_examined,
                                     Series.series_description, Instance.sop_uid, Instance.sop_class_uid,
                                     Instance.calling_ae)
-                             .join(Instance, Instance.series_pk == Series.id).where(Series.study_pk == study.id)).all()
+                             .join(Instance, Instance.series_pk == Series.id)
+                             # Our own results (the write-back's SR/SEG) are never routed to an app again.
+                             .where(Series.study_pk == study.id, Instance.source != "writeback")).all()
             patient_id = study.patient_id
         by_series: dict[str, dict[str, Any]] = {}
         for r in rows:

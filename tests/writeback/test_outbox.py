@@ -66,3 +66,24 @@ def test_failed_delivery_keeps_its_reason_and_retries(jobs: Jobs) -> None:
     [row] = outbox.list(job_id=job_id)
     assert row["state"] == "retrying" and "no longer stored" in row["error"]
     assert outbox.run_due() == 0  # not due yet (backoff)
+
+
+def test_router_ignores_the_results_it_wrote(jobs: Jobs) -> None:
+    """A rule that matches any series must not send the node's own SR back to an app."""
+    from interop.config import RoutingRule, StudyMatch
+    from interop.jobs.queue import utcnow
+
+    sop = jobs.ingest("CT_small.dcm")
+    job_id, _ = jobs.queue.enqueue(jobs.new_job(sops=[sop]))
+    claim = jobs.queue.claim("w")
+    assert claim is not None and jobs.queue.succeed(claim, _result(sop), {})
+    Outbox(jobs.db, jobs.store, jobs.blobs).run_due()
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    study = str(pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True).StudyInstanceUID)
+    facts = jobs.router.study_facts(study, utcnow())
+    assert facts is not None and [s.modality for s in facts.series] == ["CT"]
+    _, decisions, _ = jobs.router.study_decisions(study, utcnow(), [RoutingRule(name="any", app="probe",
+                                                                                study=StudyMatch())])
+    assert [d.sop_instance_uids for d in decisions] == [(sop,)]
