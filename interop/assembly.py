@@ -19,6 +19,7 @@ from collections.abc import Callable
 from sqlalchemy import func, select
 
 from interop import metrics
+from interop.background import Loop
 from interop.store.db import Database
 from interop.store.models import Instance, Series, Study, StudyEvent
 
@@ -40,8 +41,7 @@ class StudyAssembler:
         self.clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[str, set[str]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: Loop | None = None
         self._listeners: list[Callable[[StudyEvent], None]] = []
 
     # -- sessions -------------------------------------------------------------------------------------
@@ -118,23 +118,13 @@ class StudyAssembler:
 
     def start(self, interval: float | None = None) -> None:
         period = interval if interval is not None else max(0.05, min(1.0, self.quiet.total_seconds() / 4))
-
-        def run() -> None:
-            while not self._stop.wait(period):
-                try:
-                    self.sweep()
-                except Exception:
-                    log.exception("study assembly sweep failed; will retry")
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=run, name="study-assembly", daemon=True)
-        self._thread.start()
+        self._loop = Loop("study-assembly", self.sweep, period)
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
 
 
 def events_since(db: Database, after_id: int = 0, limit: int = 100, kind: str | None = None) -> list[StudyEvent]:

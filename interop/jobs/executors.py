@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
+from interop.background import Loop
 from interop.config import JobSettings
 from interop.fhir.store import FhirStore
 from interop.jobs.queue import JobQueue
@@ -121,14 +122,12 @@ class CeleryExecutor:
         self.settings = settings
         self.queue = queue
         self.celery = make_celery(settings)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("celery-dispatch", self.dispatch, 0.5)
         #: A job handed out but not claimed for this long is handed out again (its message may be lost).
         self.resend_after = dt.timedelta(seconds=max(5.0, settings.lease_seconds))
 
     def notify(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     def dispatch(self) -> int:
         n = 0
@@ -139,25 +138,10 @@ class CeleryExecutor:
         return n
 
     def start(self, warm: bool = True) -> None:
-        def run() -> None:
-            while not self._stop.is_set():
-                try:
-                    self.dispatch()
-                except Exception:
-                    log.exception("handing jobs to Celery failed; will retry")
-                self._wake.wait(0.5)
-                self._wake.clear()
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=run, name="celery-dispatch", daemon=True)
-        self._thread.start()
+        self._loop.start(at_once=True)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._loop.stop()
 
 
 class JobService:
@@ -167,8 +151,11 @@ class JobService:
         self.queue = queue
         self.executor = executor
         self.settings = settings
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._reaper = Loop("job-reaper", self._reap, max(0.5, min(5.0, settings.lease_seconds / 4)))
+
+    def _reap(self) -> None:
+        if self.queue.reap():
+            self.executor.notify()
 
     def start(self, *, local: bool, warm: bool = True) -> None:
         if local:
@@ -181,26 +168,11 @@ class JobService:
             if removed:
                 log.info("removed %d scratch folder(s) of runs that ended with the last process", removed)
         self.executor.start(warm)
-        interval = max(0.5, min(5.0, self.settings.lease_seconds / 4))
-
-        def reap() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    if self.queue.reap():
-                        self.executor.notify()
-                except Exception:
-                    log.exception("lease reaper failed; will retry")
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=reap, name="job-reaper", daemon=True)
-        self._thread.start()
+        self._reaper.start()
 
     def notify(self, _: list[int] | None = None) -> None:
         self.executor.notify()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._reaper.stop()
         self.executor.stop()

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -221,7 +220,7 @@ class Worker:
                 except (OSError, ValueError) as exc:
                     outcome = RunOutcome("error", f"the app exited 0 but its result is invalid: {exc}", 0)
                 else:
-                    arrays = self._store_arrays(claim.job_id, out_dir, result.array_files())
+                    arrays = self._store_arrays(out_dir, result.array_files())
                     if self.queue.succeed(claim, result.as_json(), arrays):
                         log.info("job %s (%s) succeeded: %s", claim.job_id, claim.app, result.summary)
                         if "inference_seconds" in result.timing:
@@ -318,12 +317,12 @@ class Worker:
             entries.append({"fullUrl": f"{type_}/{id_}", "resource": resource})
         return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
-    def _store_arrays(self, job_id: int, out_dir: Path, names: list[str]) -> dict[str, str]:
+    def _store_arrays(self, out_dir: Path, names: list[str]) -> dict[str, str]:
+        """Move each array out of the scratch folder into the blob store (a rename on the same volume: the
+        scratch folder lives under the data directory); returns name -> blob key."""
         keys: dict[str, str] = {}
         for name in names:
             key = self.blobs.new_key()
-            tmp = self.blobs.temp_dir() / f"{uuid.uuid4().hex}.npy"
-            shutil.copyfile(out_dir / name, tmp)
-            self.blobs.put_file(tmp, key)
+            self.blobs.put_file(out_dir / name, key)
             keys[name] = key
         return keys

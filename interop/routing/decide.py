@@ -75,7 +75,8 @@ def series_matches(match: StudyMatch, s: SeriesFacts) -> bool:
     return True
 
 
-def _token(code: str) -> str:
+def lab_token(code: str) -> str:
+    """A lab code as a ``system|code`` search token (a bare code is LOINC)."""
     return code if "|" in code else f"{LOINC}|{code}"
 
 
@@ -89,7 +90,7 @@ def lab_set(labs: LabMatch, facts: list[LabFact], now: dt.datetime) -> tuple[lis
     chosen: list[str] = []
     missing: list[str] = []
     for code in labs.codes:
-        token = _token(code)
+        token = lab_token(code)
         hits = [f for f in facts if token in f.codes and f.status in RESULT_STATUSES and since <= f.effective <= now]
         if not hits:
             missing.append(code)
@@ -144,4 +145,4 @@ def decide_labs(rules: list[RoutingRule], labs: list[LabFact], now: dt.datetime)
 
 def lab_codes(rules: list[RoutingRule]) -> set[str]:
     """Every ``system|code`` token some enabled rule's lab set needs (what the router has to look at)."""
-    return {_token(c) for r in rules if r.enabled and r.labs is not None for c in r.labs.codes}
+    return {lab_token(c) for r in rules if r.enabled and r.labs is not None for c in r.labs.codes}

@@ -10,12 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
 
+from interop.background import Loop
 from interop.config import JobSettings, RoutingRule
 from interop.errors import NotFound
 from interop.fhir.imaging_study import sync_imaging_study
@@ -63,9 +63,7 @@ class Router:
         self.queue = queue
         self.settings = settings
         self.on_new_jobs = on_new_jobs
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("router", self.poll, 1.0)
         #: Observation versions already routed inside the overlap window: (pk, version) -> last_updated.
         self._seen: dict[tuple[int, int], dt.datetime] = {}
 
@@ -256,31 +254,13 @@ class Router:
         return new
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
-    def start(self, interval: float = 1.0) -> None:
-        def run() -> None:
-            while not self._stop.is_set():
-                self._wake.wait(interval)
-                self._wake.clear()
-                if self._stop.is_set():
-                    break
-                try:
-                    self.poll()
-                except Exception:
-                    log.exception("routing pass failed; will retry")
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=run, name="router", daemon=True)
-        self._thread.start()
-        self._wake.set()
+    def start(self) -> None:
+        self._loop.start(at_once=True)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._loop.stop()
 
 
 def requested_decision(router: Router, app: str, *, study_uid: str | None, series_uids: list[str] | None,
@@ -289,7 +269,7 @@ def requested_decision(router: Router, app: str, *, study_uid: str | None, serie
     results for the app's lab set. Returns the decision, the patient id and the FHIR patient reference."""
     from interop.config import LabMatch
     from interop.errors import InvalidInput, NotFound
-    from interop.routing.decide import lab_set
+    from interop.routing.decide import lab_set, lab_token
 
     spec = router.registry.get(app)
     now = utcnow()
@@ -299,7 +279,7 @@ def requested_decision(router: Router, app: str, *, study_uid: str | None, serie
         if not spec.labs:
             raise InvalidInput(f"app {app} declares no lab set in its app.yaml")
         router.fhir.read("Patient", patient.partition("/")[2])
-        labs = router.patient_labs(patient, {c if "|" in c else f"http://loinc.org|{c}" for c in spec.labs})
+        labs = router.patient_labs(patient, {lab_token(c) for c in spec.labs})
         chosen, missing = lab_set(LabMatch(codes=list(spec.labs), within_hours=within_hours), labs, now)
         if missing:
             raise InvalidInput(f"{patient} has no result within {within_hours:g} h for: {', '.join(missing)}")

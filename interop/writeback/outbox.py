@@ -13,7 +13,6 @@ import datetime as dt
 import json
 import logging
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
+from interop.background import Loop
 from interop.jobs.models import JobResult, WriteBack
 from interop.jobs.queue import aware, utcnow
 from interop.store.blobs import BlobStore
@@ -40,9 +40,7 @@ class Outbox:
         self.db = db
         self.store = store
         self.blobs = blobs
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Loop("writeback", self.drain, 1.0)
 
     # -- building ---------------------------------------------------------------------------------------------
 
@@ -136,29 +134,16 @@ class Outbox:
                      "next_attempt_at": aware(r.next_attempt_at), "created_at": aware(r.created_at),
                      "sent_at": aware(r.sent_at)} for r in s.scalars(q)]
 
+    def drain(self) -> None:
+        """Deliver until nothing is due (rows that fail wait for their backoff)."""
+        while self.run_due():
+            pass
+
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
-    def start(self, interval: float = 1.0) -> None:
-        def run() -> None:
-            while not self._stop.is_set():
-                self._wake.wait(interval)
-                self._wake.clear()
-                if self._stop.is_set():
-                    break
-                try:
-                    while self.run_due() and not self._stop.is_set():
-                        pass
-                except Exception:
-                    log.exception("write-back pass failed; will retry")
-
-        self._stop.clear()
-        self._thread = threading.Thread(target=run, name="writeback", daemon=True)
-        self._thread.start()
+    def start(self) -> None:
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-            self._thread = None
+        self._loop.stop()
