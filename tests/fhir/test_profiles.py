@@ -23,8 +23,9 @@ EXAMPLES = sorted(p.name for p in (HERE / "examples").glob("*.json"))
 
 
 def test_every_profile_loads_with_enforceable_constraints() -> None:
-    assert set(profiles()) == {profile_url(n) for n in ("ai-diagnostic-report", "ai-observation",
-                                                        "ai-recommendation")}
+    assert set(profiles()) == {profile_url(n) for n in ("ai-diagnostic-report", "ai-lab-report", "ai-observation",
+                                                        "ai-lab-observation", "ai-recommendation",
+                                                        "ai-recommendation-reviewed")}
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -49,6 +50,22 @@ def test_recommendation_fixed_values() -> None:
         validate_resource(sr)
     exprs = [i["expression"][0] for i in err.value.operation_outcome()["issue"]]
     assert exprs == ["ServiceRequest.status", "ServiceRequest.intent"] and err.value.http_status == 422
+
+
+def test_lab_report_refuses_an_imaging_study_and_the_rad_category() -> None:
+    report = example("DiagnosticReport-example-ai-lab-report.json")
+    report.update(imagingStudy=[{"reference": "ImagingStudy/x"}],
+                  category=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD"}]}])
+    problems = {where for _, where in check(report, profiles()[profile_url("ai-lab-report")])}
+    assert problems == {"DiagnosticReport.imagingStudy", "DiagnosticReport.category"}
+
+
+def test_reviewed_recommendation_is_active_or_revoked_and_still_a_proposal() -> None:
+    sr = example("ServiceRequest-example-ai-recommendation-reviewed.json")
+    reviewed = profiles()[profile_url("ai-recommendation-reviewed")]
+    assert check({**sr, "status": "revoked"}, reviewed) == []
+    assert [where for _, where in check({**sr, "status": "draft", "intent": "order"}, reviewed)] == [
+        "ServiceRequest.status", "ServiceRequest.intent"]
 
 
 def test_unclaimed_profile_is_not_enforced() -> None:
