@@ -5,13 +5,20 @@
 -- named in "InteropAutoRoute.Modality" (default "interop"), as an asynchronous
 -- Orthanc job (C-STORE, PS3.4 Annex B).
 --
--- Results never bounce back: the AI node writes its SR/SEG into the same study,
--- which makes the study "stable" again. An instance is NOT forwarded when
+-- Results never bounce back: the AI node writes its SR/SEG/heat-maps into the same
+-- study, which makes the study "stable" again. An instance is NOT forwarded when
 --   * it was received over DICOM from one of our own AE titles
 --     (instance metadata "RemoteAET" in "InteropAutoRoute.OwnAets", default INTEROP), or
---   * its series' Modality is one of "InteropAutoRoute.SkipModalities"
---     (default SR, SEG, PR, KO: results and annotations, never AI input; this
---     also catches results that came back by DICOMweb STOW-RS, which carry no AET), or
+--   * its series' Manufacturer is one of "InteropAutoRoute.OwnManufacturers"
+--     (default "interop", what every object the node writes carries; this catches
+--     results that came back by DICOMweb STOW-RS or REST, which carry no AET,
+--     whatever their SOP class: an SR, a SEG, a Secondary Capture heat-map), or
+--   * its SOP Class UID starts with one of "InteropAutoRoute.SkipSopClassPrefixes"
+--     (default: every SR kind and KO 1.2.840.10008.5.1.4.1.1.88., SEG and other
+--     derived non-images 1.2.840.10008.5.1.4.1.1.66., presentation states
+--     1.2.840.10008.5.1.4.1.1.11.), or its series' Modality is one of
+--     "InteropAutoRoute.SkipModalities" (default SR, SEG, PR, KO): results and
+--     annotations are never AI input, whoever made them, or
 --   * it was already handed to a forwarding job that succeeded or is still running
 --     (user metadata "ForwardedToInterop" holds that job's id).
 -- Instances whose forwarding job failed (or was cancelled) are sent again the next
@@ -20,6 +27,20 @@
 -- Settings come from the "InteropAutoRoute" section of the Orthanc configuration;
 -- the metadata name must be declared in "UserMetadata".
 
+-- Upper case without surrounding spaces (DICOM pads strings; people vary case).
+local function Normalize(value)
+  return string.upper((value or ''):match('^%s*(.-)%s*$'))
+end
+
+local function StartsWithAny(value, prefixes)
+  for _, p in ipairs(prefixes) do
+    if string.sub(value, 1, string.len(p)) == p then
+      return true
+    end
+  end
+  return false
+end
+
 local function ReadSettings()
   local all = GetOrthancConfiguration() or {}
   local c = all['InteropAutoRoute'] or {}
@@ -27,11 +48,17 @@ local function ReadSettings()
     enabled = (c['Enabled'] ~= false),
     modality = c['Modality'] or 'interop',
     ownAets = {},
+    ownManufacturers = {},
     skipModalities = {},
+    skipSopClassPrefixes = c['SkipSopClassPrefixes'] or {
+      '1.2.840.10008.5.1.4.1.1.88.', '1.2.840.10008.5.1.4.1.1.66.', '1.2.840.10008.5.1.4.1.1.11.' },
     mark = c['ForwardedMetadata'] or 'ForwardedToInterop',
   }
   for _, aet in ipairs(c['OwnAets'] or { 'INTEROP' }) do
-    s.ownAets[string.upper(aet)] = true
+    s.ownAets[Normalize(aet)] = true
+  end
+  for _, m in ipairs(c['OwnManufacturers'] or { 'interop' }) do
+    s.ownManufacturers[Normalize(m)] = true
   end
   for _, m in ipairs(c['SkipModalities'] or { 'SR', 'SEG', 'PR', 'KO' }) do
     s.skipModalities[string.upper(m)] = true
@@ -91,12 +118,14 @@ function OnStableStudy(studyId, tags, metadata)
   local own, skippedModality, done = 0, 0, 0
   local jobStates = {}
   for _, s in ipairs(series) do
-    local modality = string.upper((s['MainDicomTags'] or {})['Modality'] or '')
+    local modality = Normalize((s['MainDicomTags'] or {})['Modality'])
+    local ownSeries = SETTINGS.ownManufacturers[Normalize((s['MainDicomTags'] or {})['Manufacturer'])]
     for _, instanceId in ipairs(s['Instances'] or {}) do
       local md = GetJson('/instances/' .. instanceId .. '/metadata?expand') or {}
-      if SETTINGS.ownAets[string.upper(md['RemoteAET'] or '')] then
+      if ownSeries or SETTINGS.ownAets[Normalize(md['RemoteAET'])] then
         own = own + 1
-      elseif SETTINGS.skipModalities[modality] then
+      elseif SETTINGS.skipModalities[modality] or
+          StartsWithAny(md['SopClassUid'] or '', SETTINGS.skipSopClassPrefixes) then
         skippedModality = skippedModality + 1
       elseif AlreadyForwarded(md, jobStates) then
         done = done + 1
@@ -109,7 +138,8 @@ function OnStableStudy(studyId, tags, metadata)
   local uid = (tags and tags['StudyInstanceUID']) or studyId
   if #toSend == 0 then
     print(string.format('interop autoroute: study %s stable, nothing new to send ' ..
-      '(%d from our AE, %d skipped by modality, %d already forwarded)', uid, own, skippedModality, done))
+      '(%d ours by AE or manufacturer, %d results by modality/SOP class, %d already forwarded)',
+      uid, own, skippedModality, done))
     return
   end
 
@@ -131,7 +161,7 @@ function OnStableStudy(studyId, tags, metadata)
     RestApiPut('/instances/' .. instanceId .. '/metadata/' .. SETTINGS.mark, jobId, true)
   end
   print(string.format('interop autoroute: study %s: job %s sends %d instance(s) to "%s" ' ..
-    '(%d from our AE, %d skipped by modality, %d already forwarded)',
+    '(%d ours by AE or manufacturer, %d results by modality/SOP class, %d already forwarded)',
     uid, jobId, #toSend, SETTINGS.modality, own, skippedModality, done))
 end
 

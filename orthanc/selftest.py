@@ -1,7 +1,8 @@
 """End-to-end check of orthanc.json + autoroute.lua against a real Orthanc.
 
 1. Starts Orthanc with this folder's configuration (free loopback ports, temporary storage, StableAge 2 s,
-   the "interop" modality pointed at the node under test).
+   the "interop" modality pointed at the node under test), through ``tests/peers.py``'s ``OrthancPeer``, which
+   the test suite uses too.
 2. The node under test is either our server (``--node interop``: ``interop serve`` is started with a
    temporary data directory, or ``--node-dicom-port``/``--node-http`` point at one already running) or a
    dcmtk ``storescp`` with AE title INTEROP standing in for it (``--node storescp``, the default).
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -43,6 +43,10 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the repository root: tests/peers.py starts Orthanc for tests and for this
+
+from tests.peers import OrthancPeer  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 STABLE_AGE = 2
@@ -139,13 +143,9 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true")
     a = ap.parse_args()
 
-    spec = importlib.util.spec_from_file_location("make_config", HERE / "make_config.py")
-    assert spec and spec.loader
-    mc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mc)
-
     work = Path(tempfile.mkdtemp(prefix="orthanc-selftest-"))
     procs: list[subprocess.Popen] = []
+    peers: list[OrthancPeer] = []
     try:
         # ---- the node under test
         node_env = dict(ENV)
@@ -218,41 +218,23 @@ def main() -> int:
                         raise
                 return len(http(f"{base}/dicomweb/studies/{study_uid}/instances", headers=auth) or [])
 
-        # ---- Orthanc
-        o_http, o_dicom = free_port(), free_port()
-        cfg = mc.render(
-            http_port=o_http,
-            dicom_port=o_dicom,
-            storage=work / "orthanc-db",
-            stable_age=STABLE_AGE,
-            interop_port=node_port,
-        )
-        (work / "orthanc.json").write_text(json.dumps(cfg, indent=2))
-        olog = open(work / "orthanc.log", "wb")  # noqa: SIM115
-        op = subprocess.Popen(
-            [system_tool("Orthanc"), str(work / "orthanc.json")],
-            env=ENV,
-            stdout=olog,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        procs.append(op)
-        wait_port(o_http, op, "Orthanc HTTP")
-        wait_port(o_dicom, op, "Orthanc DICOM")
-        ob = f"http://127.0.0.1:{o_http}"
+        # ---- Orthanc (this folder's configuration through make_config.render, started by tests/peers.py)
+        orthanc = OrthancPeer(root=work / "orthanc", stable_age=STABLE_AGE, autoroute=True, node_port=node_port,
+                              binary=system_tool("Orthanc"))
+        peers.append(orthanc)
+        try:
+            orthanc.start(timeout=60)
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from exc
+        cfg = orthanc.config()
+        o_http, o_dicom = orthanc.http_port, orthanc.dicom_port
+        ob = orthanc.url
         print(f"Orthanc {http(ob + '/system')['Version']} on {o_http}/{o_dicom}; node ({a.node}) on {node_port}")
         check(http(ob + "/plugins") is not None and "dicom-web" in http(ob + "/plugins"), "DICOMweb plugin loaded")
         check(http(ob + "/modalities/interop/configuration")["Port"] == node_port, "modality 'interop' configured")
 
-        def jobs() -> list[dict]:
-            return [j for j in http(ob + "/jobs?expand") if j["Type"] == "DicomModalityStore"]
-
-        def lua_log() -> list[str]:
-            return [
-                ln
-                for ln in (work / "orthanc.log").read_text(errors="replace").splitlines()
-                if "interop autoroute:" in ln
-            ]
+        jobs = orthanc.jobs
+        lua_log = orthanc.lua_log
 
         # ---- 1. a CT study from a modality is forwarded
         src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
@@ -289,9 +271,8 @@ def main() -> int:
         n_log = len(lua_log())
         storescu(o_dicom, "INTEROP", cfg["DicomAet"], work / "sr_dimse.dcm", work / "derived.dcm")
         http(ob + "/instances", (work / "sr_stow.dcm").read_bytes())
-        line = wait(lambda: lua_log()[n_log:], 10 + STABLE_AGE, "OnStableStudy after the write-back")[0]
-        said = line.split("Lua says: ")[-1]
-        check("nothing new to send" in line, f"write-back into the study is not sent back: {said}")
+        said = wait(lambda: lua_log()[n_log:], 10 + STABLE_AGE, "OnStableStudy after the write-back")[0]
+        check("nothing new to send" in said, f"write-back into the study is not sent back: {said}")
         time.sleep(1)
         check(len(jobs()) == 1 and node_count(study) == 3, "still one job; the node still holds 3 instances")
 
@@ -311,6 +292,8 @@ def main() -> int:
         a.keep = True
         return 1
     finally:
+        for peer in peers:
+            peer.stop()
         for p in reversed(procs):
             stop(p)
         if a.keep:
