@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from interop.tls import TlsSettings
+from interop.writeback.destinations import DestinationConfig
 
 DuplicatePolicy = Literal["keep-first", "overwrite", "reject"]
 
@@ -232,6 +233,43 @@ class JobSettings(_Section):
         return self
 
 
+class WritebackSettings(_Section):
+    """Where results go besides this node's own store and FHIR facade (interop.writeback)."""
+
+    #: ``[[writeback.destinations]]``: ``kind`` = ``dicom`` (C-STORE SCU), ``dicomweb`` (STOW-RS), ``fhir``
+    #: (transaction Bundles; bearer token or SMART backend services) or ``webhook`` (critical findings).
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+    #: Retries of the node's own store/FHIR facade (these fail only when the node itself is in trouble).
+    local_max_attempts: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> WritebackSettings:
+        names = [d.name for d in self.destinations]
+        dup = sorted({n for n in names if names.count(n) > 1} | ({"local"} & set(names)))
+        if dup:
+            raise ValueError(f"writeback.destinations: name(s) used twice or reserved: {', '.join(dup)}")
+        return self
+
+
+class ReportSettings(_Section):
+    """Reports, recommendations, critical findings and sign-off (interop.reports)."""
+
+    #: Finding name -> probability at or above which a present finding is critical (stat Task, a FHIR
+    #: Communication and the webhooks); overrides the apps' own ``critical`` in app.yaml.
+    critical: dict[str, float] = Field(default_factory=dict)
+    #: Retrieve follow-up recommendations from the guidance knowledge base (interop.recommend).
+    recommendations: bool = True
+    #: An OpenAI-compatible endpoint (``http://host:8000/v1``) that phrases the report text from the findings
+    #: and the retrieved guidance; without one the text is built from them directly.
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    #: The Verifying Organization of signed SRs.
+    organization: str = "interop"
+    #: Identifier system of a Patient first known from DICOM (Patient ID with no issuer).
+    patient_identifier_system: str = "urn:dicom:patient-id"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="INTEROP_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -247,6 +285,8 @@ class Settings(BaseSettings):
     hl7: Hl7Settings = Hl7Settings()
     routing: RoutingSettings = RoutingSettings()
     jobs: JobSettings = JobSettings()
+    writeback: WritebackSettings = WritebackSettings()
+    reports: ReportSettings = ReportSettings()
     log_level: str = "INFO"
 
     @classmethod

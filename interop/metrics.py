@@ -38,33 +38,53 @@ FHIR_SECONDS = Histogram("interop_fhir_request_seconds", "FHIR REST request late
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 
-class QueueCollector(Collector):
-    """``interop_jobs`` gauge: jobs per app and state, counted in the database when scraped."""
+WRITEBACKS = Counter("interop_writeback_deliveries", "Write-back deliveries ended, by destination, object kind and "
+                     "outcome (sent, retrying, dead)", ["destination", "kind", "outcome"], registry=REGISTRY)
 
-    def __init__(self, count: Any) -> None:
-        self.count = count  # () -> list of (app, state, n)
+#: Gauges read from the database (or a component) when scraped: name -> (help, labels).
+GAUGES: dict[str, tuple[str, str, list[str]]] = {
+    "jobs": ("interop_jobs", "Jobs in the queue by app and state", ["app", "state"]),
+    "writebacks": ("interop_writebacks", "Write-backs by destination and state (dead = the dead-letter list)",
+                   ["destination", "state"]),
+    "breakers": ("interop_writeback_breaker", "Circuit breaker of each destination: 1 on its current state",
+                 ["destination", "state"]),
+    "reports": ("interop_reports", "AI reports by app and status", ["app", "status"]),
+}
+
+
+class DbCollector(Collector):
+    """The gauges of :data:`GAUGES`, each counted by a function when scraped, so they are right whichever
+    process (server or Celery worker) changed the rows."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, Any] = {}  # gauge key -> () -> iterable of (label values, n)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        g = GaugeMetricFamily("interop_jobs", "Jobs in the queue by app and state", labels=["app", "state"])
-        try:
-            for app, state, n in self.count():
-                g.add_metric([app, state], n)
-        except Exception:  # a scrape must not fail because the database is briefly unavailable
-            pass
-        yield g
+        for key, count in list(self.counts.items()):
+            name, doc, labels = GAUGES[key]
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            try:
+                for values, n in count():
+                    g.add_metric(list(values), n)
+            except Exception:  # a scrape must not fail because the database is briefly unavailable
+                pass
+            yield g
 
 
-_collector: QueueCollector | None = None
+_collector = DbCollector()
+REGISTRY.register(_collector)
+
+
+def watch(key: str, count: Any) -> None:
+    """Register (or re-point) gauge ``key`` of :data:`GAUGES` to this process's counting function."""
+    if key not in GAUGES:
+        raise KeyError(key)
+    _collector.counts[key] = count
 
 
 def watch_queue(count: Any) -> None:
-    """Register (or re-point) the queue-depth collector for this process's node."""
-    global _collector
-    if _collector is None:
-        _collector = QueueCollector(count)
-        REGISTRY.register(_collector)
-    else:
-        _collector.count = count
+    """The job-queue depth: ``count()`` gives (app, state, n) rows."""
+    watch("jobs", lambda: (((app, state), n) for app, state, n in count()))
 
 
 def exposition() -> bytes:

@@ -16,12 +16,13 @@ from interop.hl7v2.messages import mapping_options
 from interop.jobs.executors import CeleryExecutor, Executor, JobService, LocalExecutor
 from interop.jobs.queue import JobQueue
 from interop.jobs.registry import AppRegistry
+from interop.reports.service import Reporter, SignOffs
 from interop.routing.router import Router
 from interop.routing.rules import RuleStore
 from interop.store.blobs import FileBlobStore
 from interop.store.db import Database
 from interop.store.instances import InstanceStore
-from interop.writeback.outbox import Outbox
+from interop.writeback.outbox import Outbox, Policy
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,17 @@ class Node:
         self.assembler.subscribe(lambda _event: self.router.wake())
         self.hl7.on_stored = self.router.wake
         metrics.watch_queue(self.queue.depth)
-        # What succeeded jobs owe: their SR/SEG into this node's own store (interop.writeback.outbox).
-        self.outbox = Outbox(self.db, self.store, self.blobs)
+        # What succeeded jobs owe: a report (recommendations, text, FHIR bundle, sign-off Task) and the
+        # objects for each destination (interop.reports, interop.writeback.outbox).
+        self.reporter = Reporter(self.db, self.fhir, self.apps, settings,
+                                 {d.name: d.kind for d in settings.writeback.destinations if d.enabled})
+        self.outbox = Outbox(self.db, self.store, self.blobs, self.fhir, settings.writeback.destinations,
+                             local_policy=Policy(max_attempts=settings.writeback.local_max_attempts),
+                             organization=settings.reports.organization)
+        self.outbox.before_drain = self.reporter.build_due
+        self.signoffs = SignOffs(self.db, self.reporter)
+        self.signoffs.on_signed = self.outbox.wake
+        metrics.watch("reports", self.report_counts)
         self.started = False
 
     def start(self) -> None:
@@ -84,6 +94,7 @@ class Node:
         self.jobs.start(local=self.settings.jobs.executor == "local", warm=warm)
         self.router.start()
         self.outbox.start()
+        self.reporter.warm()
         self.started = True
 
     def stop(self) -> None:
@@ -95,6 +106,15 @@ class Node:
         self.outbox.stop()
         self.db.dispose()
         self.started = False
+
+    def report_counts(self) -> list[tuple[tuple[str, ...], int]]:
+        from sqlalchemy import func, select
+
+        from interop.reports.models import Report
+
+        with self.db.reading() as s:
+            return [((app, state), n) for app, state, n in s.execute(
+                select(Report.app, Report.state, func.count()).group_by(Report.app, Report.state))]
 
     def check_ready(self) -> dict[str, str]:
         """Readiness of each dependency: ``ok`` or the reason it isn't."""

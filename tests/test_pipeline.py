@@ -157,12 +157,21 @@ def test_chest_cr_by_storescu_runs_cxr_triage(server_factory: Any) -> None:
                 heat = np.load(io.BytesIO(r.content))
                 assert heat.shape == (1955, 1841)  # rows x columns of the radiograph
         assert len({round(f["probability"], 4) for f in findings.values()}) > 1  # not one constant
-        # The result comes back into the study as a TID 1500 SR (write-back to this node's own store).
-        [wb] = wait_writebacks(http, job["id"], 1)
-        assert wb["state"] == "sent" and wb["kind"] == "sr", wb
+        # The result comes back into the study as a TID 1500 SR and a heat-map image per present finding
+        # (write-back to this node's own store), and its report into the node's FHIR facade.
+        present = [f for f in findings.values() if f["present"]]
+        rows = wait_writebacks(http, job["id"], 2 + len(present), timeout=120)
+        assert sorted((r["kind"], r["state"]) for r in rows) == sorted(
+            [("sr", "sent"), ("fhir", "sent")] + [("heatmap", "sent")] * len(present)), rows
         study_uid = result["inputs"]["study_instance_uid"]
         [sr_file] = stored_series(srv, http, study_uid, "SR")
         assert dciodvfy_errors(sr_file) == []
+        heatmaps = stored_series(srv, http, study_uid, "OT")
+        assert len(heatmaps) == len(present) and all(dciodvfy_errors(f) == [] for f in heatmaps)
+        [report] = http.get("/api/reports", params={"study_uid": study_uid}).json()
+        assert report["status"] == "preliminary" and report["job_id"] == job["id"]
+        dr = http.get("/fhir/DiagnosticReport", params={"status": "preliminary"}).json()
+        assert dr["total"] == 1 and len(dr["entry"][0]["resource"]["result"]) == len(findings)
         # The same study again: the job is not run again and no second SR is made.
         subprocess.run([storescu, "-aec", "INTEROP", "127.0.0.1", str(srv.dicom_port), cxr], check=True,
                        capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
@@ -207,8 +216,9 @@ def test_brain_mr_series_by_storescu_runs_mr_segmentation(server_factory: Any, t
         volumes = {m["name"]: m["value"] for m in result["measurements"]}
         assert all(m["unit"] == "mL" for m in result["measurements"])
         assert 2 < volumes["Left hippocampus volume"] < 15 and 60 < volumes["Cerebellum volume"] < 250
-        rows = wait_writebacks(http, job["id"], 2, timeout=120)
-        assert sorted((r["kind"], r["state"]) for r in rows) == [("seg", "sent"), ("sr", "sent")], rows
+        rows = wait_writebacks(http, job["id"], 3, timeout=120)
+        assert sorted((r["kind"], r["state"]) for r in rows) == [("fhir", "sent"), ("seg", "sent"),
+                                                                 ("sr", "sent")], rows
         study_uid = result["inputs"]["study_instance_uid"]
         [seg_file] = stored_series(srv, http, study_uid, "SEG")
         [sr_file] = stored_series(srv, http, study_uid, "SR")

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from interop import metrics
-from interop.api import errors, health, jobs, studies
+from interop.api import errors, health, jobs, reports, studies
 from interop.node import Node
 
 
@@ -56,6 +56,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(jobs.router)
+    app.include_router(reports.router)
     app.include_router(dicomweb_router, prefix="/dicomweb")
     app.include_router(fhir_router, prefix="/fhir")
     return app

@@ -134,20 +134,8 @@ def get_job(job_id: int, node: NodeDep, _: CanReadJobs) -> dict[str, Any]:
     """A job with every attempt (who ran it, how it ended, why), once succeeded its result, and the
     objects it owes its destinations (SR, SEG) with their delivery state."""
     job = node.queue.get(job_id)
-    job["writebacks"] = node.outbox.list(job_id=job_id)
+    job["writebacks"] = node.outbox.rows(job_id=job_id)
     return job
-
-
-@router.get("/writebacks")
-def list_writebacks(
-    node: NodeDep,
-    _: CanReadJobs,
-    job_id: int | None = None,
-    state: Annotated[str | None, Query(pattern="^(pending|retrying|sent|dead)$")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[dict[str, Any]]:
-    """The write-back outbox: each object a job owes a destination, its state, attempts and last error."""
-    return node.outbox.list(job_id=job_id, state=state, limit=limit)
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -172,6 +172,7 @@ RESOURCES: dict[str, ResourceDef] = {
                 _p("owner", "reference", "Task.owner"),
                 _p("requester", "reference", "Task.requester"),
                 _p("part-of", "reference", "Task.partOf"),
+                _p("priority", "token", "Task.priority"),
             ),
             statuses=_codes(
                 "draft requested received accepted rejected ready cancelled in-progress on-hold failed completed "
@@ -200,6 +201,22 @@ RESOURCES: dict[str, ResourceDef] = {
                 _p("entity", "reference", "Provenance.entity.what"),
                 _p("recorded", "date", "Provenance.recorded"),
             ),
+        ),
+        ResourceDef(
+            "Communication",
+            (
+                _p("identifier", "token", "Communication.identifier"),
+                _p("patient", "reference", "Communication.subject", targets=_PATIENT),
+                _p("subject", "reference", "Communication.subject"),
+                _p("status", "token", "Communication.status"),
+                _p("category", "token", "Communication.category"),
+                _p("based-on", "reference", "Communication.basedOn"),
+                _p("recipient", "reference", "Communication.recipient"),
+                _p("sender", "reference", "Communication.sender"),
+                _p("sent", "date", "Communication.sent"),
+                _p("received", "date", "Communication.received"),
+            ),
+            statuses=_codes("preparation in-progress not-done on-hold stopped completed entered-in-error unknown"),
         ),
         ResourceDef(
             "AuditEvent",

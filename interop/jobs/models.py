@@ -19,6 +19,7 @@ import datetime as dt
 from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+import interop.reports.models  # noqa: F401  (the reports table, which write-backs refer to)
 from interop.store.models import UID, Base, utcnow
 
 STATES = ("queued", "running", "retrying", "succeeded", "failed", "dead", "cancelled")
@@ -127,20 +128,29 @@ class RouterCursor(Base):
 
 
 class WriteBack(Base):
-    """One object a succeeded job owes one destination (the outbox, interop.writeback.outbox). Its SOP
-    Instance UID is fixed when the row is made, so delivering it twice stores one copy."""
+    """One object owed to one destination (the outbox, interop.writeback.outbox): a DICOM object (``sr``,
+    ``seg``, ``heatmap``; rebuilt from the job's result when delivered, with its SOP Instance UID fixed when
+    the row is made, so delivering it twice stores one copy), a FHIR transaction Bundle (``fhir``, kept in
+    ``payload``; conditional on business identifiers, so delivering it twice changes nothing) or a
+    notification (``webhook``). ``object_key`` names the object, unique per destination."""
 
     __tablename__ = "writebacks"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    #: ``local`` (this node's own store) for now; PACS/DICOMweb/FHIR destinations come with the write-back issue.
+    #: ``local`` (this node's own store and FHIR facade) or the name of a configured destination.
     destination: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))  # sr | seg
-    item: Mapped[int] = mapped_column(Integer, default=0)  # which segmentation, for seg
-    sop_instance_uid: Mapped[str] = mapped_column(UID)
-    series_instance_uid: Mapped[str] = mapped_column(UID)
-    #: ``pending`` → ``sent``; on failure ``retrying`` (with backoff) until ``dead``.
+    kind: Mapped[str] = mapped_column(String(16))  # sr | seg | heatmap | fhir | webhook
+    item: Mapped[int] = mapped_column(Integer, default=0)  # which segmentation / finding
+    object_key: Mapped[str] = mapped_column(String(200))
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id", ondelete="CASCADE"))
+    #: The verdict (``signoffs.id``) a verified SR or a sign-off bundle carries; None for the AI's own output.
+    signoff_id: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[str | None] = mapped_column(Text)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    series_instance_uid: Mapped[str | None] = mapped_column(UID)
+    #: ``pending`` → ``sent``; on failure ``retrying`` (with backoff) until ``dead``; a webhook is
+    #: ``sending`` while its POST is under way (at most once: one found ``sending`` at start-up is not resent).
     state: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -149,6 +159,7 @@ class WriteBack(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        UniqueConstraint("destination", "sop_instance_uid", name="uq_writebacks_destination_sop"),
+        UniqueConstraint("destination", "object_key", name="uq_writebacks_destination_object"),
         Index("ix_writebacks_due", "state", "next_attempt_at", "id"),
+        Index("ix_writebacks_report", "report_id", "destination", "id"),
     )

@@ -22,9 +22,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from interop.errors import Conflict, NotFound
-from interop.jobs.models import FINAL_STATES, PRIORITY_RANK, Job, JobAttempt, JobResult, WriteBack
+from interop.jobs.models import FINAL_STATES, PRIORITY_RANK, Job, JobAttempt, JobResult
+from interop.reports.models import Report
 from interop.store.db import Database
-from interop.writeback.plan import plan
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +179,13 @@ class JobQueue:
                             model_version=str(model.get("version", "")),
                             demonstration=bool(model.get("demonstration", False)),
                             content=json.dumps(result), arrays=json.dumps(arrays), created_at=now))
-            # The write-backs it owes, in the same transaction: a succeeded job always has its outbox rows.
-            for p in plan(job.idempotency_key, json.loads(job.inputs), result):
-                s.add(WriteBack(job_id=job.id, destination=p.destination, kind=p.kind, item=p.item,
-                                sop_instance_uid=p.sop_instance_uid, series_instance_uid=p.series_instance_uid,
-                                state="pending", attempts=0, created_at=now))
+            # What it owes its readers, in the same transaction: a succeeded job always has its report (the
+            # reporter builds it and the write-backs, interop.reports.service).
+            s.add(Report(job_id=job.id, app=job.app, model_name=str(model.get("name", "")),
+                         model_version=str(model.get("version", "")),
+                         demonstration=bool(model.get("demonstration", False)), patient_id=job.patient_id,
+                         study_uid=job.study_uid, state="building", priority="routine", critical="[]",
+                         verdicts=0, attempts=0, created_at=now, updated_at=now))
             self._close_attempt(s, job, "succeeded", None, 0, now)
             job.state = "succeeded"
             job.finished_at = now

@@ -3,7 +3,8 @@
 
 ``interop:`` section keys: ``module`` (run as ``python -m <module> -i IN -o OUT -m MODEL``), ``model`` (the
 default model bundle, relative to the app folder; ``jobs.models`` replaces it per site), ``input`` (``dicom``
-or ``labs``), ``timeout_seconds``, and for lab apps ``labs`` (the LOINC codes it needs).
+or ``labs``), ``timeout_seconds``, for lab apps ``labs`` (the LOINC codes it needs), and ``critical`` (finding
+name -> the probability at which a present finding is critical).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class AppSpec:
     input: str  # "dicom" | "labs"
     timeout_seconds: float | None
     labs: tuple[str, ...] = ()
+    #: Finding name -> probability at or above which a present finding is critical (stat sign-off and a
+    #: notification); ``reports.critical`` in the settings overrides it per site.
+    critical: dict[str, float] = field(default_factory=dict)
     #: The directory to put on PYTHONPATH so that ``module`` imports (the parent of the apps package).
     python_path: Path = field(default=Path("."))
 
@@ -56,7 +60,7 @@ class AppSpec:
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "module": self.module, "input": self.input,
                 "model_path": str(self.model_path), "model_version": self.model_version(),
-                "timeout_seconds": self.timeout_seconds, "labs": list(self.labs)}
+                "timeout_seconds": self.timeout_seconds, "labs": list(self.labs), "critical": self.critical}
 
 
 def _bundled_apps_dir() -> Path:
@@ -82,6 +86,7 @@ def load_app(folder: Path, models: dict[str, Path], python_path: Path) -> AppSpe
         input=str(ours["input"]),
         timeout_seconds=float(ours["timeout_seconds"]) if ours.get("timeout_seconds") else None,
         labs=tuple(str(c) for c in ours.get("labs") or ()),
+        critical={str(k): float(v) for k, v in (ours.get("critical") or {}).items()},
         python_path=python_path,
     )
 

@@ -1,16 +1,13 @@
-"""What a succeeded job owes its destinations: one SR for its findings and measurements, one SEG per
-segmentation; each with a SOP Instance UID (and a series) derived from the job's idempotency key, so a
-re-delivery, a retry or a second run of the outbox can only ever store the same object again (DESIGN
-promise 2). Pure."""
+"""What a succeeded job owes each DICOM destination: one SR for its findings and measurements, one SEG per
+segmentation, one heat-map image per present finding that has a heat-map; each with a SOP Instance UID (and a
+series) derived from the job's idempotency key, so a re-delivery, a retry or a second run of the outbox can only
+ever store the same object again (DESIGN promise 2). Pure."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from typing import Any
-
-#: Where results go; the write-back issue adds the PACS (C-STORE), DICOMweb and FHIR destinations.
-DESTINATIONS = ("local",)
 
 
 def derived_uid(key: str, *parts: object) -> str:
@@ -28,15 +25,20 @@ class Planned:
     series_instance_uid: str
 
 
-def plan(idempotency_key: str, inputs: dict[str, Any], result: dict[str, Any]) -> list[Planned]:
-    """The objects for a job's result: none for a job that read no images (a lab model's result goes to
-    FHIR, with the write-back issue)."""
+def plan(idempotency_key: str, inputs: dict[str, Any], result: dict[str, Any] | Any,
+         destinations: list[str] | tuple[str, ...] = ("local",)) -> list[Planned]:
+    """The objects for a job's result, for each of ``destinations``; none for a job that read no images (a
+    lab model's result goes to FHIR only)."""
     if not inputs.get("sop_instance_uids"):
         return []
+    if not isinstance(result, dict):
+        result = result.as_json()
     items: list[tuple[str, int]] = []
     if result.get("findings") or result.get("measurements"):
         items.append(("sr", 0))
     items += [("seg", i) for i, _ in enumerate(result.get("segmentations") or [])]
+    items += [("heatmap", i) for i, f in enumerate(result.get("findings") or [])
+              if f.get("present") and f.get("heatmap")]
     return [Planned(dest, kind, i, derived_uid(idempotency_key, kind, i, "instance"),
                     derived_uid(idempotency_key, kind, "series"))
-            for dest in DESTINATIONS for kind, i in items]
+            for dest in destinations for kind, i in items]
