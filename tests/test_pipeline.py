@@ -16,6 +16,9 @@ from typing import Any
 import httpx
 
 from tests.conftest import ServerProc
+from tests.peers import orthanc_factory_fixture
+
+__all__ = ["orthanc_factory_fixture"]  # a fixture, registered by import
 
 LAB_RULE = {"name": "liver-labs", "app": "lab_severity", "priority": "routine",
             "labs": {"codes": ["1975-2", "1751-7", "6768-6", "1920-8", "777-3", "5902-2"], "within_hours": 168}}
@@ -121,6 +124,19 @@ def test_lab_set_by_hl7_runs_lab_severity_once(server_factory: Any, tmp_path: Pa
         assert again.status_code == 200 and again.json()["id"] == job["id"]
         time.sleep(2)
         assert len(http.get("/api/jobs").json()) == 1
+        # Its report: FHIR only (a lab model makes no DICOM), a lab DiagnosticReport derived from the six results.
+        [wb] = wait_writebacks(http, job["id"], 1)
+        assert (wb["kind"], wb["destination"], wb["state"]) == ("fhir", "local", "sent"), wb
+        [report] = http.get("/api/reports", params={"patient_id": "MRN-PBC-1"}).json()
+        assert report["status"] == "preliminary" and report["app"] == "lab_severity"
+        got = http.get(f"/api/reports/{report['id']}").json()
+        assert "demonstration model" in got["text"] and "stage" in got["text"].lower()
+        preliminary = http.get("/fhir/DiagnosticReport", params={"status": "preliminary"}).json()  # the lab's are final
+        [dr] = [e["resource"] for e in preliminary["entry"]]
+        assert "imagingStudy" not in dr and len(dr["result"]) == 1
+        obs_id = dr["result"][0]["reference"].split("/")[1]
+        obs = http.get(f"/fhir/Observation/{obs_id}").json()
+        assert len(obs["derivedFrom"]) == 6 and obs["valueCodeableConcept"]
 
 
 CXR_RULE = {"name": "chest", "app": "cxr_triage", "study": {"modalities": ["CR", "DX"], "body_parts": ["CHEST"]}}
@@ -183,9 +199,11 @@ def test_chest_cr_by_storescu_runs_cxr_triage(server_factory: Any) -> None:
 MR_RULE = {"name": "brain", "app": "mr_segmentation", "study": {"modalities": ["MR"], "body_parts": ["HEAD", "BRAIN"]}}
 
 
-def test_brain_mr_series_by_storescu_runs_mr_segmentation(server_factory: Any, tmp_path: Path) -> None:
+def test_brain_mr_series_by_storescu_runs_mr_segmentation(server_factory: Any, orthanc_factory: Any,
+                                                          tmp_path: Path) -> None:
     """The Colin27 MRI as a DICOM MR series (2 mm) sent by storescu: mr_segmentation's label map lies on the
-    series' own slices and its volumes are plausible brain volumes."""
+    series' own slices and its volumes are plausible brain volumes; its SEG and SR go to the node's own store
+    and to the PACS (Orthanc), valid by dciodvfy in both."""
     import numpy as np
 
     from apps.mr_segmentation.make_demo_series import main as make_series
@@ -199,7 +217,10 @@ def test_brain_mr_series_by_storescu_runs_mr_segmentation(server_factory: Any, t
     series = tmp_path / "mr"
     make_series(["--out", str(series), "--step", "2"])
     files = sorted(str(p) for p in series.rglob("*.dcm"))
-    srv: ServerProc = server_factory({"INTEROP_ROUTING__RULES": json.dumps([MR_RULE])})
+    pacs = orthanc_factory("pacs")
+    pacs_dest = {"name": "pacs", "kind": "dicom", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}
+    srv: ServerProc = server_factory({"INTEROP_ROUTING__RULES": json.dumps([MR_RULE]),
+                                      "INTEROP_WRITEBACK__DESTINATIONS": json.dumps([pacs_dest])})
     subprocess.run([storescu, "-aec", "INTEROP", "127.0.0.1", str(srv.dicom_port), *files], check=True,
                    capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
     with srv.client() as http:
@@ -216,9 +237,17 @@ def test_brain_mr_series_by_storescu_runs_mr_segmentation(server_factory: Any, t
         volumes = {m["name"]: m["value"] for m in result["measurements"]}
         assert all(m["unit"] == "mL" for m in result["measurements"])
         assert 2 < volumes["Left hippocampus volume"] < 15 and 60 < volumes["Cerebellum volume"] < 250
-        rows = wait_writebacks(http, job["id"], 3, timeout=120)
-        assert sorted((r["kind"], r["state"]) for r in rows) == [("fhir", "sent"), ("seg", "sent"),
-                                                                 ("sr", "sent")], rows
+        rows = wait_writebacks(http, job["id"], 5, timeout=120)
+        assert sorted((r["destination"], r["kind"], r["state"]) for r in rows) == [
+            ("local", "fhir", "sent"), ("local", "seg", "sent"), ("local", "sr", "sent"), ("pacs", "seg", "sent"),
+            ("pacs", "sr", "sent")], rows
+        for r in rows:
+            if r["destination"] == "pacs":
+                found = pacs.find_instance(r["sop_instance_uid"])
+                assert found is not None
+                got = tmp_path / f"pacs-{r['kind']}.dcm"
+                got.write_bytes(pacs.client().get(f"/instances/{found['ID']}/file").content)
+                assert dciodvfy_errors(got) == []
         study_uid = result["inputs"]["study_instance_uid"]
         [seg_file] = stored_series(srv, http, study_uid, "SEG")
         [sr_file] = stored_series(srv, http, study_uid, "SR")
