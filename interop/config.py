@@ -74,6 +74,9 @@ class HttpSettings(_Section):
     port: int = Field(8080, ge=0, le=65535)
     #: Public base URL used in RetrieveURL / BulkDataURI; default derived from the request.
     public_url: str | None = None
+    #: Origins whose browser apps may call this node (CORS): a SMART app served from elsewhere, or this node's
+    #: worklist calling an EHR's token endpoint and FHIR server when this node is that EHR. Empty: none.
+    cors_origins: list[str] = Field(default_factory=list)
 
 
 class StudySettings(_Section):

