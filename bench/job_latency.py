@@ -9,7 +9,8 @@
   (``python -m apps.<name> -i IN -o OUT -m MODEL``): process start, imports, graph, model, inference.
 
 Output per app: medians (and p90) of ready→start, ready→result, the app's inference time, and the cold run's
-wall time; the ratio node ready→result / cold run.
+wall time; the ratio node ready→result / cold run; and the results loop in the node's own store: ready→SR
+stored (imaging apps), ready→FHIR report written, ready→every object it owes delivered (heat-maps, SEG).
 
     .venv/bin/python bench/job_latency.py --apps cxr_triage lab_severity --rounds 5
 """
@@ -119,6 +120,24 @@ def wait_job(db: Path, after_id: int, timeout: float = 300) -> dict[str, Any]:
     raise TimeoutError("no job finished")
 
 
+def wait_writebacks(db: Path, job_id: int, timeout: float = 120) -> dict[str, dt.datetime]:
+    """When the job's report reached the node's own store: the SR (imaging apps) and the FHIR report, and when
+    every object it owes (heat-maps, SEG) was delivered. Keys: sr, fhir, all."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db) as c:
+            rows = c.execute("SELECT kind, state, sent_at FROM writebacks WHERE job_id=? AND destination='local'",
+                             (job_id,)).fetchall()
+        if rows and all(state in ("sent", "dead") for _, state, _ in rows):
+            if any(state == "dead" for _, state, _ in rows):
+                raise RuntimeError(f"write-back of job {job_id} dead: {rows}")
+            out = {kind: ts(at) for kind, _, at in rows if kind in ("sr", "fhir")}
+            out["all"] = max(ts(at) for _, _, at in rows)
+            return out
+        time.sleep(0.05)
+    raise TimeoutError(f"write-backs of job {job_id} not delivered")
+
+
 def cold_run(app: str, in_dir: Path, out_dir: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", f"apps.{app}", "-i", str(in_dir), "-o", str(out_dir), "-m",
@@ -152,6 +171,9 @@ def bench(app: str, rounds: int, work: Path) -> dict[str, Any]:
     time.sleep(8)  # the spare app process finishes its imports
     db = data / "interop.db"
     to_start, to_result, inference, cold = [], [], [], []
+    to_sr: list[float] = []
+    to_report: list[float] = []
+    to_all: list[float] = []
     last = 0
     try:
         for n in range(rounds):
@@ -170,6 +192,11 @@ def bench(app: str, rounds: int, work: Path) -> dict[str, Any]:
             to_start.append((ts(job["attempt_started"]) - ready).total_seconds())
             to_result.append((ts(job["finished_at"]) - ready).total_seconds())
             inference.append(float(job["result"]["timing"].get("inference_seconds", float("nan"))))
+            sent = wait_writebacks(db, job["id"])
+            to_report.append((sent["fhir"] - ready).total_seconds())
+            to_all.append((sent["all"] - ready).total_seconds())
+            if "sr" in sent:
+                to_sr.append((sent["sr"] - ready).total_seconds())
             # The same input, cold, by hand.
             if app == "lab_severity":
                 from apps.lab_severity.example_bundle import main as example
@@ -182,7 +209,8 @@ def bench(app: str, rounds: int, work: Path) -> dict[str, Any]:
         server.terminate()
         server.wait(timeout=30)
     return {"app": app, "rounds": rounds, "ready_to_start": to_start, "ready_to_result": to_result,
-            "inference": inference, "cold": cold}
+            "inference": inference, "cold": cold, "ready_to_sr": to_sr, "ready_to_report": to_report,
+            "ready_to_all": to_all}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,12 +220,16 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="interop-bench-jobs-"))
     try:
-        print(f"{'app':16} {'ready→start':>12} {'ready→result':>13} {'inference':>10} {'cold run':>9}  ratio")
+        print(f"{'app':16} {'ready→start':>12} {'ready→result':>13} {'inference':>10} {'cold run':>9}  ratio  "
+              f"{'ready→SR':>9} {'ready→report':>13} {'ready→all':>10}")
+        keys = ("ready_to_start", "ready_to_result", "inference", "cold", "ready_to_sr", "ready_to_report",
+                "ready_to_all")
         for app in a.apps:
             r = bench(app, a.rounds, work)
-            med = {k: statistics.median(r[k]) for k in ("ready_to_start", "ready_to_result", "inference", "cold")}
+            med = {k: statistics.median(r[k]) if r[k] else float("nan") for k in keys}
             print(f"{app:16} {med['ready_to_start']:>11.3f}s {med['ready_to_result']:>12.3f}s "
-                  f"{med['inference']:>9.3f}s {med['cold']:>8.2f}s  {med['ready_to_result'] / med['cold']:.2f}"
+                  f"{med['inference']:>9.3f}s {med['cold']:>8.2f}s  {med['ready_to_result'] / med['cold']:.2f}  "
+                  f"{med['ready_to_sr']:>8.2f}s {med['ready_to_report']:>12.2f}s {med['ready_to_all']:>9.2f}s"
                   f"   (p90 ready→result {p90(r['ready_to_result']):.3f}s, n={a.rounds})", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -273,6 +273,14 @@ class ReportSettings(_Section):
     patient_identifier_system: str = "urn:dicom:patient-id"
 
 
+class AuditSettings(_Section):
+    """The audit trail (interop.audit): an AuditEvent for every HTTP access to patient data."""
+
+    enabled: bool = True
+    #: Events are written in batches this often (a killed process loses at most this much of the trail).
+    flush_seconds: float = Field(0.2, gt=0, le=10)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="INTEROP_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -290,6 +298,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     writeback: WritebackSettings = WritebackSettings()
     reports: ReportSettings = ReportSettings()
+    audit: AuditSettings = AuditSettings()
     log_level: str = "INFO"
 
     @classmethod

@@ -38,6 +38,8 @@ FHIR_SECONDS = Histogram("interop_fhir_request_seconds", "FHIR REST request late
                          buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
 
 
+AUDIT_FAILURES = Counter("interop_audit_events_lost", "AuditEvents that could not be written (see the log)",
+                         registry=REGISTRY)
 WRITEBACKS = Counter("interop_writeback_deliveries", "Write-back deliveries ended, by destination, object kind and "
                      "outcome (sent, retrying, dead)", ["destination", "kind", "outcome"], registry=REGISTRY)
 

@@ -7,6 +7,7 @@ import tempfile
 
 from interop import metrics
 from interop.assembly import StudyAssembler
+from interop.audit import AuditTrail
 from interop.auth import TokenService
 from interop.config import Settings
 from interop.dicom.listener import DimseListener
@@ -73,6 +74,8 @@ class Node:
                              organization=settings.reports.organization)
         self.outbox.before_drain = self.reporter.build_due
         self.signoffs = SignOffs(self.db, self.reporter)
+        # Every HTTP access to patient data becomes an AuditEvent (interop.audit; the API middleware feeds it).
+        self.audit = AuditTrail(self.fhir, flush_seconds=settings.audit.flush_seconds)
         self.signoffs.on_signed = self.outbox.wake
         metrics.watch("reports", self.report_counts)
         self.started = False
@@ -94,6 +97,8 @@ class Node:
         self.jobs.start(local=self.settings.jobs.executor == "local", warm=warm)
         self.router.start()
         self.outbox.start()
+        if self.settings.audit.enabled:
+            self.audit.start()
         self.reporter.warm()
         self.started = True
 
@@ -104,6 +109,7 @@ class Node:
         self.router.stop()
         self.jobs.stop()
         self.outbox.stop()
+        self.audit.stop()
         self.db.dispose()
         self.started = False
 

@@ -71,6 +71,10 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     errors.install(app)
 
     app.add_middleware(FhirLatency)
+    if node.settings.audit.enabled:
+        from interop.audit import AuditMiddleware
+
+        app.add_middleware(AuditMiddleware, trail=node.audit)
     if node.settings.http.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

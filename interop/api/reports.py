@@ -71,7 +71,8 @@ def sign_off(report_id: int, body: SignOffRequest, node: NodeDep, principal: Can
     Reject: report ``cancelled`` (``entered-in-error`` when it was final), recommendations ``revoked``."""
     name = str(principal.claims.get("name") or principal.subject)
     return node.signoffs.verdict(report_id, action=body.action, reader_id=principal.subject, reader_name=name,
-                                 reason=body.reason, conclusion=body.conclusion, findings=body.findings)
+                                 reason=body.reason, conclusion=body.conclusion, findings=body.findings,
+                                 client_id=principal.client_id)
 
 
 @router.get("/feedback")

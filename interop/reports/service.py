@@ -293,7 +293,8 @@ class SignOffs:
         self.on_signed: Any = None  # () -> None: wake the outbox
 
     def verdict(self, report_id: int, *, action: str, reader_id: str, reader_name: str, reason: str | None = None,
-                conclusion: str | None = None, findings: dict[str, bool] | None = None) -> dict[str, Any]:
+                conclusion: str | None = None, findings: dict[str, bool] | None = None,
+                client_id: str | None = None) -> dict[str, Any]:
         from interop.writeback.fhir_report import Verdict, report_status_after, signoff_bundle
 
         if action not in ACTIONS:
@@ -353,6 +354,14 @@ class SignOffs:
             r.state = after
             r.verdicts = sequence
             r.updated_at = now
+            # The verdict's own AuditEvent, in the same transaction (interop.audit).
+            from interop.audit import signoff_event
+
+            self.reporter.fhir.create(signoff_event(
+                report_id=r.id, action=action, status_after=after, reader_id=reader_id, reader_name=reader_name,
+                client_id=client_id, reason=reason, at=now,
+                report_identifier={"system": "urn:interop:ai-result", "value": f"{job.idempotency_key}/report"}),
+                session=s)
             out = {"report_id": r.id, "sequence": sequence, "action": action, "status_before": before,
                    "status": after, "verified_sr": sr_uid}
         log.info("report %s: %s by %s -> %s", report_id, action, reader_id, after)

@@ -168,6 +168,10 @@ def test_accept_makes_a_verified_sr_and_a_final_report(jobs: Jobs, tmp_path: Pat
     [dr] = [e["resource"] for e in jobs.fhir.search("DiagnosticReport", [])["entry"]]
     assert dr["status"] == "final"
     assert jobs.fhir.search("Task", [("status", "completed")])["total"] == 1
+    [audit] = [e["resource"] for e in jobs.fhir.search("AuditEvent", [("subtype", "signoff")])["entry"]]
+    assert audit["agent"][0]["who"]["identifier"]["value"] == "u1"
+    assert {d["type"]: d["valueString"] for d in audit["entity"][0]["detail"]} == {"verdict": "accept",
+                                                                                   "status": "final"}
     # Amend after final: amended, a second verified SR superseding the first.
     out2 = signoffs.verdict(rep["id"], action="amend", reader_id="u1", reader_name="Jane Doe",
                             findings={"x": False}, conclusion="No pneumothorax.")
