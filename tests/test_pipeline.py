@@ -142,9 +142,22 @@ def test_lab_set_by_hl7_runs_lab_severity_once(server_factory: Any, tmp_path: Pa
 CXR_RULE = {"name": "chest", "app": "cxr_triage", "study": {"modalities": ["CR", "DX"], "body_parts": ["CHEST"]}}
 
 
-def test_chest_cr_by_storescu_runs_cxr_triage(server_factory: Any) -> None:
+def chest_order(control_id: str) -> str:
+    """ORM^O01 from the RIS: a chest X-ray ordered for RG1_UNCI's patient, placer and filler number = the study's
+    Accession Number ("exam Number")."""
+    ts = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S+0000")
+    return "\r".join([
+        f"MSH|^~\\&|RIS|GENHOSP|INTEROP|GENHOSP|{ts}||ORM^O01^ORM_O01|{control_id}|P|2.5.1|||AL|NE",
+        "PID|1||9RG1^^^GENHOSP^MR||Anonymized^Patient||19700101|F",
+        "ORC|NW|exam Number^RIS|exam Number^PACS||SC",
+        f"OBR|1|exam Number^RIS|exam Number^PACS|36643-5^XR Chest 2 Views^LN|||{ts}",
+    ]) + "\r"
+
+
+def test_chest_cr_by_storescu_runs_cxr_triage(server_factory: Any, tmp_path: Path) -> None:
     """RG1_UNCI.dcm (a real chest CR) sent by storescu: ready study → rule → cxr_triage through the SDK →
-    result with the model's name and version, five findings, a heat-map per positive finding."""
+    result with the model's name and version, five findings, a heat-map per positive finding; the report is
+    basedOn the order the RIS sent by HL7 (ORM^O01 with the study's accession number)."""
     import numpy as np
     from pydicom.data import get_testdata_file
 
@@ -152,6 +165,7 @@ def test_chest_cr_by_storescu_runs_cxr_triage(server_factory: Any) -> None:
 
     storescu = require_tool("storescu")
     srv: ServerProc = server_factory({"INTEROP_ROUTING__RULES": json.dumps([CXR_RULE])})
+    assert "MSA|AA|ORD-1" in mllp_send(srv.mllp_port, chest_order("ORD-1"), tmp_path)
     cxr = str(get_testdata_file("RG1_UNCI.dcm"))
     subprocess.run([storescu, "-aec", "INTEROP", "127.0.0.1", str(srv.dicom_port), cxr], check=True,
                    capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
@@ -188,6 +202,9 @@ def test_chest_cr_by_storescu_runs_cxr_triage(server_factory: Any) -> None:
         assert report["status"] == "preliminary" and report["job_id"] == job["id"]
         dr = http.get("/fhir/DiagnosticReport", params={"status": "preliminary"}).json()
         assert dr["total"] == 1 and len(dr["entry"][0]["resource"]["result"]) == len(findings)
+        [order] = http.get("/fhir/ServiceRequest", params={"intent": "order"}).json()["entry"]
+        assert dr["entry"][0]["resource"]["basedOn"] == [{"reference": f"ServiceRequest/{order['resource']['id']}",
+                                                          "type": "ServiceRequest"}]
         # The same study again: the job is not run again and no second SR is made.
         subprocess.run([storescu, "-aec", "INTEROP", "127.0.0.1", str(srv.dicom_port), cxr], check=True,
                        capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})
