@@ -2,6 +2,8 @@
 
 * ``interop serve``: every role in one process (HTTP, DICOM listener, study assembly) on the settings;
 * ``interop token``: mint a bearer token for scripts and tests;
+* ``interop user add|list|disable|enable``, ``interop client add|list``: users and OAuth clients of the
+  built-in authorization server; ``interop launch --patient ID``: a launch id for an EHR-style SMART launch;
 * ``interop worker``: a Celery inference worker (``jobs.executor = "celery"``);
 * ``interop migrate``: bring the database schema up to date (``serve`` does this too);
 * ``interop store check``: list stored objects that no index row points at (left by a crash);
@@ -15,8 +17,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, get_args
 
-from interop.config import Settings
+from interop.config import Role, Settings
+
+ROLES = get_args(Role)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -79,7 +84,100 @@ def _token(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     tokens = TokenService.from_settings(settings)
-    print(tokens.mint(subject=args.subject, scope=args.scope, ttl=args.ttl))
+    extra = {k: v for k, v in (("name", args.name), ("role", args.role)) if v}
+    print(tokens.mint(subject=args.subject, scope=args.scope, ttl=args.ttl, extra=extra or None))
+    return 0
+
+
+def _auth_server(args: argparse.Namespace) -> Any:
+    """The built-in authorization server on the configured database (migrated first)."""
+    from interop.auth import TokenService
+    from interop.auth.server import AuthorizationServer
+    from interop.store.db import Database
+
+    settings = _settings(args)
+    db = Database(settings.db_url)
+    db.migrate()
+    return AuthorizationServer(db, TokenService.from_settings(settings), settings.auth.server,
+                               token_ttl=settings.auth.token_ttl_seconds)
+
+
+def _fail(message: str) -> int:
+    print(f"interop: {message}", file=sys.stderr)
+    return 1
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        import getpass
+
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            return _fail("the passwords differ")
+    try:
+        user = _auth_server(args).add_user(args.name, role=args.role, password=password,
+                                           display_name=args.display_name, fhir_user=args.fhir_user)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(f"user {user.username} ({user.role}) added", file=sys.stderr)
+    return 0
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    for u in _auth_server(args).users():
+        print(f"{u.username}\t{u.role}\t{'active' if u.active else 'disabled'}\t{u.display_name}\t{u.fhir_user or ''}")
+    return 0
+
+
+def _user_disable(args: argparse.Namespace) -> int:
+    try:
+        _auth_server(args).set_active(args.name, args.enable)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(f"user {args.name} {'enabled' if args.enable else 'disabled (sessions and refresh tokens revoked)'}",
+          file=sys.stderr)
+    return 0
+
+
+def _client_add(args: argparse.Namespace) -> int:
+    import json
+    import secrets
+
+    jwks = None
+    if args.jwks:
+        try:
+            jwks = json.loads(Path(args.jwks).read_text())
+        except (OSError, ValueError) as exc:
+            return _fail(f"can't read the JWKS {args.jwks}: {exc}")
+    secret = None
+    if not args.public and jwks is None:
+        secret = sys.stdin.readline().strip() if args.secret_stdin else secrets.token_urlsafe(32)
+    try:
+        client = _auth_server(args).add_client(args.id, redirect_uris=args.redirect_uri or [], public=args.public,
+                                               jwks=jwks, secret=secret, scopes=args.scope)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(f"client {client.client_id} ({client.kind}) added; scopes: {client.scopes}", file=sys.stderr)
+    if secret is not None and not args.secret_stdin:
+        print(secret)  # shown once: only its hash is kept
+    return 0
+
+
+def _client_list(args: argparse.Namespace) -> int:
+    server = _auth_server(args)
+    server.ensure_default_clients()
+    for c in server.clients():
+        print(f"{c.client_id}\t{c.kind}\t{' '.join(c.redirect_uris)}\t{c.scopes}")
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    try:
+        print(_auth_server(args).create_launch(args.patient, ttl=args.ttl))
+    except ValueError as exc:
+        return _fail(str(exc))
     return 0
 
 
@@ -162,7 +260,51 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--subject", default="admin", help="the token's subject (default: admin)")
     t.add_argument("--scope", default="system/*.cruds", help="SMART scopes (default: system/*.cruds)")
     t.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default: auth.token_ttl_seconds)")
+    t.add_argument("--name", help="the person's display name (the 'name' claim, e.g. a signer's name)")
+    t.add_argument("--role", choices=ROLES, help="the person's role (the 'role' claim: signing needs radiologist "
+                                                 "or physician)")
     t.set_defaults(func=_token)
+
+    u = sub.add_parser("user", help="people who sign in at the built-in authorization server")
+    u_sub = u.add_subparsers(dest="user_command", required=True)
+    ua = u_sub.add_parser("add", help="add a user (asks for the password twice, or reads it from stdin)")
+    ua.add_argument("name", help="user name (what they type to sign in; the tokens' subject)")
+    ua.add_argument("--role", required=True, choices=ROLES, help="decides the scopes the user may hold")
+    ua.add_argument("--display-name", help='e.g. "Jane Doe" (the tokens\' name claim; default: the user name)')
+    ua.add_argument("--fhir-user", help="the FHIR resource of this person, e.g. Practitioner/123 (fhirUser claim)")
+    ua.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    ua.set_defaults(func=_user_add)
+    u_sub.add_parser("list", help="list users: name, role, state, display name, fhirUser").set_defaults(
+        func=_user_list)
+    ud = u_sub.add_parser("disable", help="disable a user (their sessions and refresh tokens end)")
+    ud.add_argument("name")
+    ud.set_defaults(func=_user_disable, enable=False)
+    ue = u_sub.add_parser("enable", help="enable a disabled user again")
+    ue.add_argument("name")
+    ue.set_defaults(func=_user_disable, enable=True)
+
+    c = sub.add_parser("client", help="OAuth clients of the built-in authorization server")
+    c_sub = c.add_subparsers(dest="client_command", required=True)
+    ca = c_sub.add_parser("add", help="register a client: public (PKCE), with a JWKS (private_key_jwt, SMART "
+                                      "backend services), or else with a secret (printed once)")
+    ca.add_argument("id", help="client_id")
+    ca.add_argument("--redirect-uri", action="append", help="absolute, or a path relative to the node's base URL "
+                                                            "(repeatable)")
+    kind = ca.add_mutually_exclusive_group()
+    kind.add_argument("--public", action="store_true", help="a browser or native app without a secret")
+    kind.add_argument("--jwks", metavar="FILE", help="the client's public keys (JWK Set JSON) for private_key_jwt")
+    kind.add_argument("--secret-stdin", action="store_true", help="read the client secret from stdin instead of "
+                                                                  "generating one")
+    ca.add_argument("--scope", help="scopes the client may be granted (default: the launch scopes with "
+                                    "patient/*.cruds user/*.cruds for a browser app; system/*.rs for a backend)")
+    ca.set_defaults(func=_client_add)
+    c_sub.add_parser("list", help="list clients: id, kind, redirect URIs, scopes").set_defaults(func=_client_list)
+
+    la = sub.add_parser("launch", help="make a launch id with a patient in context (an EHR-style SMART launch)")
+    la.add_argument("--patient", required=True, help="the FHIR Patient id")
+    la.add_argument("--ttl", type=int, default=None, help="seconds it stays usable (default: "
+                                                         "auth.server.launch_ttl_seconds)")
+    la.set_defaults(func=_launch)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
 

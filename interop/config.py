@@ -117,11 +117,91 @@ class Hl7Settings(_Section):
 
 
 class AuthSettings(_Section):
+    """Who may call the node over HTTP (interop.auth): the tokens it accepts and the authorization server it runs.
+
+    Three kinds of bearer token are accepted, told apart by their ``iss``: HS256 tokens from ``interop token``
+    (``issuer``/``audience`` below, for scripts and tests), RS256 tokens from the built-in authorization server
+    (``server``), and tokens of each ``external`` OpenID Connect provider (checked against its JWKS)."""
+
     #: HMAC secret for tokens this node mints. Default: a random secret kept in ``<data_dir>/secret.key``.
     secret: str | None = None
+    #: ``iss`` and ``aud`` of the HS256 tokens ``interop token`` mints.
     issuer: str = "interop"
     audience: str = "interop"
+    #: Lifetime of access tokens (both kinds this node mints).
     token_ttl_seconds: int = Field(3600, gt=0)
+    #: The built-in authorization server (SMART App Launch 2.x, OAuth 2.0 with PKCE, OpenID Connect).
+    server: AuthServerSettings = Field(default_factory=lambda: AuthServerSettings())
+    #: OpenID Connect providers whose tokens are accepted (an EHR's or the hospital's identity provider).
+    external: list[ExternalIssuer] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_issuers(self) -> AuthSettings:
+        issuers = [e.issuer for e in self.external]
+        if len(set(issuers)) != len(issuers) or self.issuer in issuers:
+            raise ValueError("auth.external: each issuer once, and none equal to auth.issuer")
+        return self
+
+
+#: The roles of people (users of the built-in server, or the role claim of an external provider's token).
+Role = Literal["radiologist", "physician", "technologist", "viewer", "admin"]
+
+
+class AuthServerSettings(_Section):
+    """The built-in authorization server at ``/auth`` (SMART App Launch 2.x; RFC 6749, RFC 7636, RFC 7523)."""
+
+    #: Serve ``/auth/*`` and the SMART/OpenID discovery documents; off when only external providers are used.
+    enabled: bool = True
+    #: ``iss`` of the tokens it mints. Default: ``http.public_url``, else the base URL the request came to.
+    issuer: str | None = None
+    #: Audiences added to every token and accepted beside this node's FHIR base URL (``<base>/fhir``).
+    audience: list[str] = Field(default_factory=list)
+    #: Authorization codes are single-use and live this long (RFC 6749 §4.1.2 recommends at most 10 minutes).
+    code_ttl_seconds: int = Field(60, gt=0, le=600)
+    #: Refresh tokens for ``offline_access`` (rotated on every use).
+    refresh_ttl_seconds: int = Field(30 * 24 * 3600, gt=0)
+    #: The login session (SSO cookie); also the lifetime of ``online_access`` refresh tokens.
+    session_ttl_seconds: int = Field(8 * 3600, gt=0)
+    #: How long a launch id from ``interop launch`` stays usable.
+    launch_ttl_seconds: int = Field(3600, gt=0)
+    #: Create the public clients ``interop-worklist`` and ``interop-ohif`` at start-up when missing.
+    default_clients: bool = True
+
+    @field_validator("issuer")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("https://", "http://")):
+            raise ValueError("auth.server.issuer must be an absolute http(s) URL")
+        return v.rstrip("/") if v else v
+
+
+class ExternalIssuer(_Section):
+    """An OpenID Connect provider whose access tokens this node accepts (RFC 7519 §4.1, RFC 9068)."""
+
+    #: Its ``iss`` exactly as in the tokens.
+    issuer: str = Field(min_length=1)
+    #: Where its signing keys are published (fetched when first needed, cached, fetched again on an unknown
+    #: ``kid``); or a JWKS file for a provider this node cannot reach.
+    jwks_uri: str | None = None
+    jwks_file: Path | None = None
+    #: Accepted ``aud`` values (the token must name at least one).
+    audience: list[str] = Field(min_length=1)
+    #: Claim holding the person's role (a string or a list; the first known role wins) ...
+    role_claim: str = "role"
+    #: ... and the role of tokens that carry none (None: no role; such a token can't do what needs a role).
+    default_role: Role | None = None
+    #: Claim holding the SMART scopes (a space-separated string or a list, e.g. ``scp``).
+    scope_claim: str = "scope"
+    #: Clock skew allowed on ``exp``/``nbf``/``iat``.
+    leeway_seconds: int = Field(30, ge=0, le=300)
+    #: An unknown ``kid`` fetches the JWKS again at most this often.
+    jwks_min_refresh_seconds: float = Field(10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> ExternalIssuer:
+        if (self.jwks_uri is None) == (self.jwks_file is None):
+            raise ValueError(f"auth.external {self.issuer!r}: give exactly one of jwks_uri and jwks_file")
+        return self
 
 
 Priority = Literal["stat", "routine"]

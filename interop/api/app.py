@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from interop import metrics
-from interop.api import errors, health, jobs, reports, studies
+from interop.api import errors, health, jobs, oauth, reports, studies
 from interop.node import Node
 
 
@@ -86,10 +86,12 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
                            expose_headers=["Location", "ETag", "Content-Location", "Last-Modified"], max_age=600)
     # FHIR first: the router tries routes in order, and /fhir (its paths share no prefix with the others) is
     # the busiest API; after the ~50 DICOMweb and /api routes each FHIR request paid for matching them all.
+    app.include_router(oauth.smart_router)  # /fhir/.well-known/smart-configuration, before /fhir/{type}/{id}
     app.include_router(fhir_router, prefix="/fhir")
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(jobs.router)
     app.include_router(reports.router)
     app.include_router(dicomweb_router, prefix="/dicomweb")
+    oauth.install(app)  # /auth/* (SMART authorization server), OpenID discovery, RFC 6750 challenges
     return app

@@ -1,23 +1,29 @@
 """The FHIR R4 RESTful API at ``/fhir`` (http.html): one router, thin over :class:`FhirStore`.
 
 Every interaction except ``/metadata`` needs a bearer token whose SMART scopes grant it on the resource
-type (read r, vread r, history r, search s, create c, update u, delete d). Errors leave as OperationOutcome
-through the app's handlers (:mod:`interop.api.errors`).
+type (read r, vread r, history r, search s, create c, update u, delete d). A token whose only scopes for an
+interaction are ``patient/`` ones is confined to its patient's compartment (:mod:`interop.auth.compartment`):
+another patient's resource is 403, a search gets the patient parameter added (a type without one is 403),
+included resources outside the compartment are dropped, and transaction/batch Bundles are refused. Errors
+leave as OperationOutcome through the app's handlers (:mod:`interop.api.errors`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 from typing import Annotated, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from interop.api.deps import NodeDep, PrincipalDep
-from interop.auth import Principal
-from interop.errors import InvalidInput, MethodNotAllowed, UnsupportedMediaType
+from interop.auth import Principal, compartment_filter
+from interop.auth.compartment import check_in_compartment, compartment_params, filter_bundle
+from interop.auth.discovery import capability_security
+from interop.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound, UnsupportedMediaType
 from interop.fhir.capability import capability_statement
 from interop.fhir.registry import ResourceDef
 from interop.fhir.store import FhirStore, Stored, instant
@@ -99,6 +105,13 @@ def _store(node: Any) -> FhirStore:
     return store
 
 
+def _check_stored(node: Any, type_: str, id_: str, patient: str | None) -> None:
+    """For a patient/ scope: the stored resource (if any) must be in the patient's compartment."""
+    if patient is not None:
+        with contextlib.suppress(NotFound):  # nothing stored (or deleted, Gone): nothing to protect
+            check_in_compartment(_store(node).read(type_, valid_id(id_)).resource, patient)
+
+
 # -- server-wide ----------------------------------------------------------------------------------------
 
 
@@ -108,7 +121,9 @@ def metadata(request: Request, node: NodeDep) -> Response:
     from interop import __version__
 
     date = instant(dt.datetime.now(dt.UTC))
-    return FhirJSONResponse(capability_statement(base_url(request, node), software_version=__version__, date=date))
+    base = base_url(request, node)
+    smart = capability_security(base.removesuffix("/fhir")) if node.settings.auth.server.enabled else None
+    return FhirJSONResponse(capability_statement(base, software_version=__version__, date=date, smart=smart))
 
 
 _PERMISSION = {"GET": ("r", "read"), "HEAD": ("r", "read"), "POST": ("c", "create"), "PUT": ("u", "update"),
@@ -133,6 +148,8 @@ def bundle(request: Request, node: NodeDep, principal: PrincipalDep, body: BodyD
         if method == "GET" and "/" not in str(req.get("url", "")).split("?")[0].strip("/"):
             perm, interaction = "s", "search-type"
         _typed(principal, type_, perm, interaction)
+        if compartment_filter(principal, type_, perm) is not None:
+            raise Forbidden("transaction and batch Bundles are not available with patient/ scopes")
     store = _store(node)
     kind = data.get("type")
     if kind == "transaction":
@@ -145,15 +162,20 @@ def bundle(request: Request, node: NodeDep, principal: PrincipalDep, body: BodyD
 # -- type level ---------------------------------------------------------------------------------------------
 
 
-def _search(request: Request, node: Any, type_: str, params: list[tuple[str, str]]) -> Response:
-    return FhirJSONResponse(_store(node).search(type_, params, base=base_url(request, node), strict=_strict(request)))
+def _search(request: Request, node: Any, type_: str, params: list[tuple[str, str]], patient: str | None = None
+            ) -> Response:
+    if patient is not None:  # a patient/ scope: this patient's resources only
+        params = params + compartment_params(type_, patient)
+    got = _store(node).search(type_, params, base=base_url(request, node), strict=_strict(request))
+    return FhirJSONResponse(filter_bundle(got, patient) if patient is not None else got)
 
 
 @router.get("/{type_}", summary="search")
 def search_get(type_: str, request: Request, node: NodeDep, principal: PrincipalDep) -> Response:
     """search-type over GET (search.html §3.1.1)."""
     _typed(principal, type_, "s", "search-type")
-    return _search(request, node, type_, list(request.query_params.multi_items()))
+    return _search(request, node, type_, list(request.query_params.multi_items()),
+                   compartment_filter(principal, type_, "s"))
 
 
 @router.post("/{type_}/_search", summary="search (POST)")
@@ -162,7 +184,7 @@ def search_post(type_: str, request: Request, node: NodeDep, principal: Principa
     _typed(principal, type_, "s", "search-type")
     params = list(request.query_params.multi_items()) + parse_qsl(body.decode("utf-8", "replace"),
                                                                    keep_blank_values=True)
-    return _search(request, node, type_, params)
+    return _search(request, node, type_, params, compartment_filter(principal, type_, "s"))
 
 
 @router.post("/{type_}", summary="create")
@@ -170,6 +192,7 @@ def create(type_: str, request: Request, node: NodeDep, principal: PrincipalDep,
     """create (http.html §3.1.0.7); ``If-None-Exist`` makes it conditional (§3.1.0.8)."""
     _typed(principal, type_, "c", "create")
     data = parse_json(body)
+    check_in_compartment(data, compartment_filter(principal, type_, "c"))
     got = _store(node).create(data, if_none_exist=request.headers.get("if-none-exist"), type_=type_)
     return _stored_response(request, got, write=True)
 
@@ -181,8 +204,12 @@ def conditional_update(type_: str, request: Request, node: NodeDep, principal: P
     _typed(principal, type_, "u", "update")
     if not request.url.query:
         raise InvalidInput("PUT to a type needs search parameters (conditional update) or an id in the URL")
-    got = _store(node).conditional_update(type_, request.url.query, parse_json(body),
-                                          if_match=request.headers.get("if-match"))
+    data, query = parse_json(body), request.url.query
+    patient = compartment_filter(principal, type_, "u")
+    if patient is not None:  # the match and the new content both in the patient's compartment
+        check_in_compartment(data, patient)
+        query = f"{query}&{urlencode(compartment_params(type_, patient))}"
+    got = _store(node).conditional_update(type_, query, data, if_match=request.headers.get("if-match"))
     return _stored_response(request, got, write=True)
 
 
@@ -193,7 +220,9 @@ def conditional_update(type_: str, request: Request, node: NodeDep, principal: P
 def read(type_: str, id_: str, request: Request, node: NodeDep, principal: PrincipalDep) -> Response:
     """read (http.html §3.1.0.2): 404 unknown, 410 deleted."""
     _typed(principal, type_, "r", "read")
-    return _stored_response(request, _store(node).read(type_, valid_id(id_)))
+    got = _store(node).read(type_, valid_id(id_))
+    check_in_compartment(got.resource, compartment_filter(principal, type_, "r"))
+    return _stored_response(request, got)
 
 
 @router.put("/{type_}/{id_}", summary="update")
@@ -202,7 +231,12 @@ def update(type_: str, id_: str, request: Request, node: NodeDep, principal: Pri
     """update (http.html §3.1.0.4) with ``If-Match`` version checks (§3.1.0.5); creates with the client's id
     when absent (updateCreate)."""
     _typed(principal, type_, "u", "update")
-    got = _store(node).update(type_, valid_id(id_), parse_json(body), if_match=request.headers.get("if-match"))
+    data = parse_json(body)
+    patient = compartment_filter(principal, type_, "u")
+    if patient is not None:
+        check_in_compartment(data, patient)
+        _check_stored(node, type_, id_, patient)
+    got = _store(node).update(type_, valid_id(id_), data, if_match=request.headers.get("if-match"))
     return _stored_response(request, got, write=True)
 
 
@@ -210,6 +244,7 @@ def update(type_: str, id_: str, request: Request, node: NodeDep, principal: Pri
 def delete(type_: str, id_: str, node: NodeDep, principal: PrincipalDep) -> Response:
     """delete (http.html §3.1.0.6): 204; 409 while another resource references it."""
     _typed(principal, type_, "d", "delete")
+    _check_stored(node, type_, id_, compartment_filter(principal, type_, "d"))
     _store(node).delete(type_, valid_id(id_))
     return Response(status_code=204)
 
@@ -218,7 +253,13 @@ def delete(type_: str, id_: str, node: NodeDep, principal: PrincipalDep) -> Resp
 def history(type_: str, id_: str, request: Request, node: NodeDep, principal: PrincipalDep) -> Response:
     """history-instance (http.html §3.1.0.12)."""
     _typed(principal, type_, "r", "history-instance")
-    return FhirJSONResponse(_store(node).history(type_, valid_id(id_), base=base_url(request, node)))
+    got = _store(node).history(type_, valid_id(id_), base=base_url(request, node))
+    patient = compartment_filter(principal, type_, "r")
+    if patient is not None:
+        for entry in got.get("entry") or []:
+            if isinstance(entry.get("resource"), dict):
+                check_in_compartment(entry["resource"], patient)
+    return FhirJSONResponse(got)
 
 
 @router.get("/{type_}/{id_}/_history/{vid}", summary="vread")
@@ -227,4 +268,6 @@ def vread(type_: str, id_: str, vid: str, request: Request, node: NodeDep, princ
     _typed(principal, type_, "r", "vread")
     if not vid.isdigit():
         raise InvalidInput(f"version id '{vid}' is not a number", expression="versionId")
-    return _stored_response(request, _store(node).vread(type_, valid_id(id_), int(vid)))
+    got = _store(node).vread(type_, valid_id(id_), int(vid))
+    check_in_compartment(got.resource, compartment_filter(principal, type_, "r"))
+    return _stored_response(request, got)

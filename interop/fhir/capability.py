@@ -50,8 +50,10 @@ def _resource(d: ResourceDef) -> dict[str, Any]:
     }
 
 
-def capability_statement(base: str, *, software_version: str, date: str) -> dict[str, Any]:
-    """The server's CapabilityStatement (kind ``instance``)."""
+def capability_statement(base: str, *, software_version: str, date: str, smart: dict[str, Any] | None = None
+                         ) -> dict[str, Any]:
+    """The server's CapabilityStatement (kind ``instance``); ``smart``: the SMART ``oauth-uris`` extension and
+    service coding of ``rest.security`` (:func:`interop.auth.discovery.capability_security`)."""
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -68,9 +70,12 @@ def capability_statement(base: str, *, software_version: str, date: str) -> dict
                              "_revinclude, total always given; Prefer: handling=strict|lenient (lenient default).",
             "security": {
                 "cors": False,
+                **(smart or {}),
                 "description": "Every interaction except /metadata needs an OAuth 2.0 bearer token whose SMART v2 "
-                               "scopes grant it (read r, search s, create c, update u, delete d). The SMART "
-                               "authorization endpoints are not served yet (issued by `interop token`).",
+                               "scopes grant it (read r, search s, create c, update u, delete d); patient/ "
+                               "scopes reach the patient in context only. Tokens come from this node's SMART "
+                               "authorization server (/fhir/.well-known/smart-configuration), a configured "
+                               "OpenID Connect provider, or `interop token`.",
             },
             "resource": [_resource(d) for d in RESOURCES.values()],
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
