@@ -62,13 +62,14 @@ def ehr_resources(ehr: httpx.Client, type_: str, **params: str) -> list[dict[str
     return [e["resource"] for e in bundle.get("entry") or []]
 
 
-def person_token(node: ServerProc, scope: str, subject: str = "dr.jane", name: str = "Jane Doe") -> str:
-    """A token for a person (subject + display name), signed with the node's key."""
+def person_token(node: ServerProc, scope: str, subject: str = "dr.jane", name: str = "Jane Doe",
+                 role: str = "radiologist") -> str:
+    """A token for a person (subject, display name, role), signed with the node's key."""
     from interop.auth.tokens import TokenService
 
     secret = (node.data_dir / "secret.key").read_bytes().strip()
     return TokenService(secret, issuer="interop", audience="interop", ttl=600).mint(
-        subject=subject, scope=scope, client_id="worklist", extra={"name": name})
+        subject=subject, scope=scope, client_id="worklist", extra={"name": name, "role": role})
 
 
 def smart_client(tmp_path: Path, ehr: ServerProc) -> tuple[TestTokenServer, dict[str, Any]]:
@@ -165,10 +166,13 @@ def test_study_from_orthanc_comes_back_as_sr_heatmaps_and_an_ehr_report_then_sig
             # -- sign-off: a person with the right to write reports; someone without it is refused --
             [rep] = http.get("/api/reports", params={"study_uid": study_uid}).json()
             assert rep["status"] == "preliminary" and rep["priority"] == "stat"
-            viewer = {"Authorization": f"Bearer {person_token(node, 'user/DiagnosticReport.rs', 'viewer')}"}
-            r = httpx.post(f"{node.base_url}/api/reports/{rep['id']}/signoff", json={"action": "accept"},
-                           headers=viewer)
-            assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome"
+            for scope, role in (("user/DiagnosticReport.rs", "radiologist"),  # no write scope
+                                ("user/DiagnosticReport.rus", "technologist"),  # a role that may not sign
+                                ("system/*.cruds", None)):  # a backend client, not a person
+                token = (person_token(node, scope, "someone", role=role) if role else node.token(scope))
+                r = httpx.post(f"{node.base_url}/api/reports/{rep['id']}/signoff", json={"action": "accept"},
+                               headers={"Authorization": f"Bearer {token}"})
+                assert r.status_code == 403 and r.json()["resourceType"] == "OperationOutcome", (scope, role, r.text)
             signer = {"Authorization": f"Bearer {person_token(node, 'user/DiagnosticReport.rus')}"}
             r = httpx.post(f"{node.base_url}/api/reports/{rep['id']}/signoff", headers=signer,
                            json={"action": "accept", "conclusion": "Agree with the AI findings."})

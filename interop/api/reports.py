@@ -1,9 +1,9 @@
 """The reports API: AI reports awaiting a physician (a worklist's data), the sign-off endpoint, the
 feedback export for retraining, and the write-back outbox with its dead letters.
 
-Sign-off needs write access to DiagnosticReport (``user/DiagnosticReport.u``, ``.cu`` ...); the reader is the
-token's subject (its ``name`` claim, where there is one, is the name the verified SR and report carry).
-Roles for people (who may sign) come with the SMART/security issue; until then the scope is the gate.
+Sign-off needs a person whose role may sign (radiologist or physician: ``interop.auth.roles``) and write access
+to DiagnosticReport (``user/DiagnosticReport.u``); the reader is the token's subject, and its ``name`` claim is
+the name the verified SR and the report carry.
 The sign-off Task of each report is also a FHIR Task (``GET /fhir/Task?focus=DiagnosticReport/<id>``).
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from interop.api.deps import NodeDep, require
+from interop.api.deps import CanSign, NodeDep, require
 from interop.auth import Principal
 
 router = APIRouter(prefix="/api", tags=["reports"])
@@ -65,10 +65,13 @@ class SignOffRequest(BaseModel):
 
 
 @router.post("/reports/{report_id}/signoff")
-def sign_off(report_id: int, body: SignOffRequest, node: NodeDep, principal: CanSignReports) -> dict[str, Any]:
+def sign_off(report_id: int, body: SignOffRequest, node: NodeDep, _: CanSignReports,
+             principal: CanSign) -> dict[str, Any]:
     """Accept, amend or reject a report. Accept/amend: report ``final`` (``amended`` when it was final), a
     verified SR superseding the previous one, the recommendations ``active``, the Task ``completed``.
-    Reject: report ``cancelled`` (``entered-in-error`` when it was final), recommendations ``revoked``."""
+    Reject: report ``cancelled`` (``entered-in-error`` when it was final), recommendations ``revoked``.
+    Needs a person whose role may sign (radiologist, physician) and DiagnosticReport write scope; a backend
+    client's token can't sign."""
     name = str(principal.claims.get("name") or principal.subject)
     return node.signoffs.verdict(report_id, action=body.action, reader_id=principal.subject, reader_name=name,
                                  reason=body.reason, conclusion=body.conclusion, findings=body.findings,
