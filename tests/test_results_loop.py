@@ -63,13 +63,14 @@ def ehr_resources(ehr: httpx.Client, type_: str, **params: str) -> list[dict[str
 
 
 def person_token(node: ServerProc, scope: str, subject: str = "dr.jane", name: str = "Jane Doe",
-                 role: str = "radiologist") -> str:
+                 role: str = "radiologist", patient: str | None = None) -> str:
     """A token for a person (subject, display name, role), signed with the node's key."""
     from interop.auth.tokens import TokenService
 
     secret = (node.data_dir / "secret.key").read_bytes().strip()
     return TokenService(secret, issuer="interop", audience="interop", ttl=600).mint(
-        subject=subject, scope=scope, client_id="worklist", extra={"name": name, "role": role})
+        subject=subject, scope=scope, client_id="worklist",
+        extra={"name": name, "role": role, **({"patient": patient} if patient else {})})
 
 
 def smart_client(tmp_path: Path, ehr: ServerProc) -> tuple[TestTokenServer, dict[str, Any]]:
@@ -166,6 +167,19 @@ def test_study_from_orthanc_comes_back_as_sr_heatmaps_and_an_ehr_report_then_sig
             # -- sign-off: a person with the right to write reports; someone without it is refused --
             [rep] = http.get("/api/reports", params={"study_uid": study_uid}).json()
             assert rep["status"] == "preliminary" and rep["priority"] == "stat"
+            # A token confined to one patient (patient/ scopes, launch context) sees that patient's reports only.
+            [me] = [e["resource"] for e in http.get("/fhir/Patient", params={"identifier": rep["patient_id"]})
+                    .json()["entry"]]
+            other = http.post("/fhir/Patient", json={"resourceType": "Patient",
+                                                     "identifier": [{"system": "urn:test", "value": "P-2"}]}).json()
+            for pid, sees in ((me["id"], True), (other["id"], False)):
+                confined = {"Authorization": "Bearer " + person_token(node, "patient/*.rs", "pat", "Pat",
+                                                                      role="viewer", patient=pid)}
+                listed = httpx.get(f"{node.base_url}/api/reports", headers=confined).json()
+                assert [r["id"] for r in listed] == ([rep["id"]] if sees else [])
+                one = httpx.get(f"{node.base_url}/api/reports/{rep['id']}", headers=confined)
+                assert one.status_code == (200 if sees else 403)
+                assert httpx.get(f"{node.base_url}/api/feedback", headers=confined).status_code == 403
             for scope, role in (("user/DiagnosticReport.rs", "radiologist"),  # no write scope
                                 ("user/DiagnosticReport.rus", "technologist"),  # a role that may not sign
                                 ("system/*.cruds", None)):  # a backend client, not a person

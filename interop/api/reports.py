@@ -19,6 +19,26 @@ from interop.auth import Principal
 
 router = APIRouter(prefix="/api", tags=["reports"])
 
+
+def patient_ids(node: Any, principal: Principal) -> set[str] | None:
+    """For a token confined to one patient (``patient/`` scopes with launch context): that patient's identifier
+    values, which is what reports are filed under (the DICOM Patient ID or the MRN). None: not confined."""
+    from interop.auth.compartment import compartment_filter
+
+    pid = compartment_filter(principal, "DiagnosticReport", "r")
+    if pid is None:
+        return None
+    patient = node.fhir.read("Patient", pid).resource
+    return {str(i["value"]) for i in patient.get("identifier") or [] if i.get("value")}
+
+
+def check_report_patient(node: Any, principal: Principal, report_patient: str | None) -> None:
+    from interop.errors import Forbidden
+
+    allowed = patient_ids(node, principal)
+    if allowed is not None and report_patient not in allowed:
+        raise Forbidden("this report is not about the patient the token's patient/ scopes are for")
+
 CanReadReports = Annotated[Principal, Depends(require("DiagnosticReport", "r"))]
 CanSignReports = Annotated[Principal, Depends(require("DiagnosticReport", "u"))]
 CanReadJobs = Annotated[Principal, Depends(require("Task", "r"))]
@@ -28,7 +48,7 @@ CanAdminister = Annotated[Principal, Depends(require("*", "u"))]
 @router.get("/reports")
 def list_reports(
     node: NodeDep,
-    _: CanReadReports,
+    principal: CanReadReports,
     status: Annotated[str | None, Query(description="comma-separated: preliminary,final,amended,cancelled,"
                                                     "entered-in-error,building,failed")] = None,
     priority: Annotated[str | None, Query(pattern="^(stat|routine)$")] = None,
@@ -38,16 +58,24 @@ def list_reports(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[dict[str, Any]]:
-    """Reports, stat first, then oldest first."""
+    """Reports, stat first, then oldest first. A ``patient/``-scoped token sees its patient's only."""
+    allowed = patient_ids(node, principal)
+    if allowed is not None:
+        if patient_id is not None and patient_id not in allowed:
+            return []
+        return [r for pid in sorted(allowed if patient_id is None else {patient_id})
+                for r in node.signoffs.reports(status=status, priority=priority, app=app, patient_id=pid,
+                                               study_uid=study_uid, limit=limit, offset=offset)][:limit]
     return node.signoffs.reports(status=status, priority=priority, app=app, patient_id=patient_id,
-                              study_uid=study_uid, limit=limit, offset=offset)
+                                 study_uid=study_uid, limit=limit, offset=offset)
 
 
 @router.get("/reports/{report_id}")
-def get_report(report_id: int, node: NodeDep, _: CanReadReports) -> dict[str, Any]:
+def get_report(report_id: int, node: NodeDep, principal: CanReadReports) -> dict[str, Any]:
     """A report: the AI result, its text and recommendations (each citing its guidance), its verdicts, and
     the delivery of everything it owes its destinations."""
     out = node.signoffs.get(report_id)
+    check_report_patient(node, principal, out["patient_id"])
     out["writebacks"] = node.outbox.rows(report_id=report_id)
     return out
 
@@ -72,6 +100,7 @@ def sign_off(report_id: int, body: SignOffRequest, node: NodeDep, _: CanSignRepo
     Reject: report ``cancelled`` (``entered-in-error`` when it was final), recommendations ``revoked``.
     Needs a person whose role may sign (radiologist, physician) and DiagnosticReport write scope; a backend
     client's token can't sign."""
+    check_report_patient(node, principal, node.signoffs.get(report_id)["patient_id"])
     name = str(principal.claims.get("name") or principal.subject)
     return node.signoffs.verdict(report_id, action=body.action, reader_id=principal.subject, reader_name=name,
                                  reason=body.reason, conclusion=body.conclusion, findings=body.findings,
@@ -81,12 +110,18 @@ def sign_off(report_id: int, body: SignOffRequest, node: NodeDep, _: CanSignRepo
 @router.get("/feedback")
 def feedback(
     node: NodeDep,
-    _: CanReadReports,
+    principal: CanReadReports,
     app: str | None = None,
     format: Annotated[str, Query(pattern="^(csv|json)$")] = "csv",
 ) -> Response:
     """Every verdict beside the AI output it judged, one row per finding: the table an app's train script
-    reads to learn from the physicians' corrections."""
+    reads to learn from the physicians' corrections. Not for a token confined to one patient."""
+    from interop.auth.compartment import compartment_filter
+
+    if compartment_filter(principal, "DiagnosticReport", "r") is not None:
+        from interop.errors import Forbidden
+
+        raise Forbidden("the feedback table spans patients; a patient/-scoped token can't read it")
     if format == "json":
         import json
 
