@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from interop import metrics
+from interop import metrics, ui
 from interop.api import errors, health, jobs, oauth, reports, studies
+from interop.api import viewer as viewer_api
 from interop.node import Node
 
 
@@ -92,6 +93,8 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(jobs.router)
     app.include_router(reports.router)
+    app.include_router(viewer_api.router)  # the worklist's counts, images and overlays
     app.include_router(dicomweb_router, prefix="/dicomweb")
+    app.include_router(ui.router)  # the web worklist: /, /launch.html, /ui/*
     oauth.install(app)  # /auth/* (SMART authorization server), OpenID discovery, RFC 6750 challenges
     return app
