@@ -361,6 +361,20 @@ class AuditSettings(_Section):
     flush_seconds: float = Field(0.2, gt=0, le=10)
 
 
+class OhifSettings(_Section):
+    """The OHIF viewer at ``/ohif/`` (interop.ohif); ``python -m interop.ohif.fetch`` installs its files."""
+
+    #: The prebuilt viewer (npm ``@ohif/app``'s ``dist/``). Default: ``<data_dir>/ohif/dist`` when it exists.
+    dist_dir: Path | None = None
+    #: OpenID Connect client of the viewer (a public client with PKCE; redirect URI ``<base>/ohif/callback``).
+    client_id: str = "interop-ohif"
+    #: Its sign-in authority. Default: this node's built-in authorization server.
+    authority: str | None = None
+    #: Scopes it asks for: reading and searching imaging is all the viewer does; ``online_access`` gives a refresh
+    #: token bound to the login session, which OHIF uses to renew its access token.
+    scope: str = "openid profile online_access user/ImagingStudy.rs"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="INTEROP_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -379,6 +393,7 @@ class Settings(BaseSettings):
     writeback: WritebackSettings = WritebackSettings()
     reports: ReportSettings = ReportSettings()
     audit: AuditSettings = AuditSettings()
+    ohif: OhifSettings = OhifSettings()
     log_level: str = "INFO"
 
     @classmethod

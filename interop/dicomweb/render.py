@@ -53,7 +53,7 @@ def render_frame(node: Node, inst: StoredInstance, number: int, opts: RenderOpti
     if layout is None:
         raise NotFound(f"instance {inst.sop_uid} has no Pixel Data to render")
     check_frames([number], layout)
-    arr = decoded_frame(node.blobs, inst.blob_key, number - 1)
+    arr = decoded_frame(node.blobs, inst.blob_key, number - 1, layout)
     return render(arr, node.store.read_header_dataset(inst.blob_key), opts)
 
 
