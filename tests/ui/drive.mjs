@@ -55,6 +55,7 @@ async function caseState(page) {
       id: Number(document.body.dataset.caseId),
       title: text('#case-title'),
       position: text('#case-pos'),
+      ohif: document.getElementById('case-ohif').hidden ? null : document.getElementById('case-ohif').getAttribute('href'),
       modelCard: text('#model-card'),
       demoNoticeVisible: (() => { const d = document.getElementById('demo-notice'); if (!d) return false; const r = d.getBoundingClientRect(); return r.width > 0 && r.top >= 0 && r.bottom <= innerHeight; })(),
       image: img ? { natural: [img.naturalWidth, img.naturalHeight], box: box(img), complete: img.complete } : null,

@@ -99,6 +99,7 @@ def test_case_shows_image_with_heatmap_findings_model_card_labs_and_recommendati
         assert rec["code"]["display"] in shown["text"]
     assert first["reportText"].startswith("Preliminary AI result")
     assert "STAT" in first["title"] and ui_node.real_patient in first["title"]
+    assert first["ohif"] == f"/ohif/viewer?StudyInstanceUIDs={report['study_uid']}"  # the study in OHIF
 
 
 def test_segmentation_case_shows_the_label_map_slice_by_slice(ui_node: UiNode) -> None:

@@ -37,6 +37,9 @@ function renderHead(report, pos, modalities) {
     h('span', { class: `status s-${report.status}` }, STATUS_LABEL[report.status] || report.status),
     report.critical.length ? h('span', { class: 'crit-head' }, ` · critical: ${report.critical.map(humanize).join(', ')}`) : null);
   $('case-pos').textContent = pos;
+  const ohif = $('case-ohif'); // the study in the full viewer (interop.ohif), in its own tab
+  show(ohif, Boolean(report.study_uid));
+  if (report.study_uid) ohif.href = `/ohif/viewer?StudyInstanceUIDs=${encodeURIComponent(report.study_uid)}`;
   const r = report.result;
   const m = r?.model || report.model;
   const card = $('model-card');
@@ -187,7 +190,7 @@ function renderRecommendations(recs, result) {
     r.finding ? h('p', { class: 'muted' }, `For: ${names[r.finding] || humanize(r.finding)}`) : null,
     h('p', { class: 'rec-text' }, r.text),
     h('p', { class: 'source' }, 'Source: ', h('cite', null, r.source), h('span', { class: 'snippet' }, ` [${r.snippet_id}]`))))
-    : h('li', { class: 'muted' }, 'No recommendations.'));
+    : h('li', { class: 'muted none' }, 'No recommendations.'));
 }
 
 function renderHistory(signoffs) {

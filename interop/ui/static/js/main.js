@@ -78,7 +78,10 @@ function readyAhead(index, vp, token) {
   delete document.body.dataset.readyId;
   if (next) {
     loadCase(next.id, vp).then(() => {
-      if (token === app.opening) document.body.dataset.readyId = String(next.id);
+      if (token !== app.opening) return;
+      document.body.dataset.readyId = String(next.id);
+      const after = wl.rowAt(index + 2); // then one more, for a reader who moves fast
+      if (after) loadCase(after.id, vp).catch(() => {});
     }, () => {});
   }
   if (prev) loadCase(prev.id, vp).catch(() => {});
@@ -102,8 +105,10 @@ function step(delta, e) {
     const i = app.opened + delta;
     if (wl.rowAt(i)) openAt(i, e?.timeStamp ?? performance.now());
     else if (delta > 0 && wl.list.more) wl.loadMore().then(() => wl.rowAt(i) && openAt(i, performance.now()));
-  } else {
-    wl.move(delta);
+  } else if (wl.move(delta)) {
+    const r = wl.selectedRow();
+    announce(`${position(wl.list.selected)}: patient ${r.patient_id || 'unknown'}, ${r.priority}, ${r.app}`
+      + `${r.critical.length ? `, critical ${r.critical.join(', ')}` : ''}`);
   }
 }
 
