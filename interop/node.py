@@ -99,7 +99,8 @@ class Node:
         self.outbox.start()
         if self.settings.audit.enabled:
             self.audit.start()
-        self.reporter.warm()
+        if warm:  # the recommender's model (~0.3 GB) is loaded ahead only where results can come
+            self.reporter.warm()
         self.started = True
 
     def stop(self) -> None:
