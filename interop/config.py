@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -375,6 +375,62 @@ class OhifSettings(_Section):
     scope: str = "openid profile online_access user/ImagingStudy.rs"
 
 
+class S3Settings(_Section):
+    """An S3-compatible object store for instance files and result arrays (interop.store.s3).
+
+    Credentials: ``access_key_id`` and ``secret_access_key`` when set, else the standard AWS chain (``AWS_*``
+    environment variables, ``~/.aws/credentials``, an instance or container role)."""
+
+    #: e.g. ``http://minio:9000``; default: AWS S3 itself (the region's endpoint).
+    endpoint_url: str | None = None
+    bucket: str = Field(min_length=3, max_length=63)
+    #: Keys are ``<prefix>objects/<key>``: several nodes or sites can share a bucket under different prefixes.
+    prefix: str = ""
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    #: ``path`` for most self-hosted stores (MinIO, Ceph); ``virtual`` for AWS; ``auto`` lets botocore choose.
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    #: Local read cache of whole objects (default ``<data_dir>/blobs/cache``; same volume as the spool directory
+    #: ``<data_dir>/blobs/tmp``, so a stored file moves into the cache by rename).
+    cache_dir: Path | None = None
+    #: Bound of the cache; least recently used objects leave first. 0: no cache (reads are ranged GETs only).
+    cache_bytes: int = Field(1 << 30, ge=0)
+    #: Objects at least this large are uploaded in parts (S3's smallest part is 5 MiB).
+    multipart_threshold_bytes: int = Field(16 << 20, ge=5 << 20)
+    #: Attempts per request (botocore's standard retry mode: 5xx, throttling and connection errors, with
+    #: jittered exponential backoff). A C-STORE waits for them all before it answers A700, so keep the sum of
+    #: backoffs below the senders' DIMSE timeout (Orthanc's default: 10 s).
+    max_attempts: int = Field(3, ge=1, le=10)
+    connect_timeout_seconds: float = Field(3.0, gt=0)
+    read_timeout_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        return f"{v}/" if v else ""
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> S3Settings:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("storage.s3: set both access_key_id and secret_access_key, or neither (AWS chain)")
+        return self
+
+
+class StorageSettings(_Section):
+    """Where instance files and result arrays live: files under ``<data_dir>/blobs`` or an S3 bucket."""
+
+    backend: Literal["file", "s3"] = "file"
+    s3: S3Settings | None = None
+
+    @model_validator(mode="after")
+    def _s3_named(self) -> StorageSettings:
+        if self.backend == "s3" and self.s3 is None:
+            raise ValueError("storage.backend = 's3' needs a [storage.s3] section with at least the bucket")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="INTEROP_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -394,6 +450,7 @@ class Settings(BaseSettings):
     reports: ReportSettings = ReportSettings()
     audit: AuditSettings = AuditSettings()
     ohif: OhifSettings = OhifSettings()
+    storage: StorageSettings = StorageSettings()
     log_level: str = "INFO"
 
     @classmethod

@@ -20,7 +20,7 @@ from interop.jobs.registry import AppRegistry
 from interop.reports.service import Reporter, SignOffs
 from interop.routing.router import Router
 from interop.routing.rules import RuleStore
-from interop.store.blobs import FileBlobStore
+from interop.store.blobs import open_blob_store
 from interop.store.db import Database
 from interop.store.instances import InstanceStore
 from interop.writeback.outbox import Outbox, Policy
@@ -35,7 +35,7 @@ class Node:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.db_url)
-        self.blobs = FileBlobStore(settings.data_dir / "blobs")
+        self.blobs = open_blob_store(settings)  # files, or S3 (its bucket checked here: storage.backend)
         self.assembler = StudyAssembler(self.db, settings.studies.quiet_seconds)
         self.store = InstanceStore(
             self.db,
@@ -132,11 +132,9 @@ class Node:
         except Exception as exc:
             out["database"] = f"error: {exc}"
         try:
-            probe = self.blobs.temp_dir() / ".ready-probe"
-            probe.write_bytes(b"")
-            probe.unlink()
+            self.blobs.ping()
             out["storage"] = "ok"
-        except OSError as exc:
+        except Exception as exc:
             out["storage"] = f"error: {exc}"
         out["dicom"] = "ok" if self.started and self.dimse._server is not None else "not listening"
         out["hl7"] = "ok" if self.started and self.mllp.listening else "not listening"

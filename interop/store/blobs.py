@@ -1,8 +1,8 @@
-"""Where instance files live: a small interface and the filesystem implementation.
+"""Where instance files live: a small interface, the filesystem implementation, and the factory that picks
+the configured one (``storage.backend``: ``file`` here, ``s3`` in :mod:`interop.store.s3`).
 
-An S3-compatible store implements the same :class:`BlobStore` protocol later; callers never assume a
-local path exists (they use :meth:`BlobStore.open`), except through :meth:`BlobStore.local_path`, which may
-return ``None``.
+Callers never assume a local path exists (they use :meth:`BlobStore.open`), except through
+:meth:`BlobStore.local_path`, which may return ``None`` (it does for S3).
 
 Durability (DESIGN promise 1): :meth:`FileBlobStore.put_file` returns only after the file's bytes and
 its directory entry are fsynced. Files are written under ``tmp/`` and renamed into ``objects/``; a crash
@@ -17,11 +17,18 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from interop.config import Settings
 
 
 @runtime_checkable
 class BlobStore(Protocol):
+    def __hash__(self) -> int:
+        """Stores are hashable (by identity): readers cache per (store, key), e.g. ``pixels.layout_of``."""
+        ...
+
     def new_key(self) -> str: ...
 
     def put_file(self, src: Path, key: str) -> None:
@@ -38,7 +45,33 @@ class BlobStore(Protocol):
     def iter_keys(self) -> Iterator[str]: ...
 
     def temp_dir(self) -> Path:
-        """A directory on the same volume as the objects, for receiving files before they are stored."""
+        """A local directory for receiving files before they are stored: on the same volume as the objects (file)
+        or as the read cache (S3), so that storing is a rename or an upload, never a local copy."""
+
+    def clean_temp(self) -> int:
+        """Remove what a crash left half-done (received files, partial uploads); returns how many. At start-up."""
+
+    def ping(self) -> None:
+        """Raise ``OSError`` (with the reason) unless objects can be stored now: the readiness check."""
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a blob key this node could have made (no path separators, no leading dot)."""
+    if not key or "/" in key or key.startswith("."):
+        raise ValueError(f"bad blob key {key!r}")
+    return key
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    """The configured store: files under ``<data_dir>/blobs``, or the S3 bucket (checked now: an unusable one
+    stops start-up with its reason, :class:`interop.store.s3.StorageStartupError`)."""
+    root = settings.data_dir / "blobs"
+    if settings.storage.backend == "s3":
+        from interop.store.s3 import S3BlobStore
+
+        assert settings.storage.s3 is not None  # StorageSettings refuses s3 without its section
+        return S3BlobStore.from_settings(settings.storage.s3, root)
+    return FileBlobStore(root)
 
 
 def fsync_dir(path: Path) -> None:
@@ -72,12 +105,15 @@ class FileBlobStore:
         return uuid.uuid4().hex
 
     def _path(self, key: str) -> Path:
-        if not key or "/" in key or key.startswith("."):
-            raise ValueError(f"bad blob key {key!r}")
-        return self.objects / key[:2] / key
+        return self.objects / check_key(key)[:2] / key
 
     def temp_dir(self) -> Path:
         return self.tmp
+
+    def ping(self) -> None:
+        probe = self.tmp / ".ready-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
 
     def put_file(self, src: Path, key: str) -> None:
         dest = self._path(key)
