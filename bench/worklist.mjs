@@ -8,7 +8,7 @@ const cfg = JSON.parse(process.argv[2]);
 const T = 60000;
 
 const { context, close } = await launch();
-const out = { loads: [], rows: null, read: [], rush: [], errors: [] };
+const out = { loads: [], phases: [], rows: null, read: [], rush: [], errors: [] };
 try {
   const page = await signedPage(context, cfg.base, cfg.token);
   page.on('pageerror', (e) => out.errors.push(e.message));
@@ -16,9 +16,21 @@ try {
   for (let i = 0; i < cfg.loads + 1; i++) {
     await page.goto(`${cfg.base}/`);
     await page.waitForSelector('body[data-list-ready]', { timeout: T });
-    const ms = await page.evaluate(() => performance.getEntriesByName('worklist-rendered')[0].startTime);
-    if (i > 0) out.loads.push(ms);
+    const t = await page.evaluate(() => {
+      const nav = performance.getEntriesByType('navigation')[0];
+      const mark = (n) => performance.getEntriesByName(n)[0]?.startTime ?? null;
+      const list = performance.getEntriesByType('resource').find((e) => e.name.includes('/api/reports?'));
+      return { rendered: mark('worklist-rendered'), html: nav.responseEnd, scripts: mark('worklist-boot'),
+        session: mark('worklist-session'), listAsked: list?.startTime, listAnswered: list?.responseEnd };
+    });
+    if (i > 0) {
+      out.loads.push(t.rendered);
+      out.phases.push(t);
+    }
     out.rows = await page.$$eval('#rows tr', (trs) => trs.length);
+    // The page loads the first case ahead once the list shows: let that finish before the next load, as it
+    // does for a reader (the server would otherwise still be rendering it when the next list is asked for).
+    await page.waitForLoadState('networkidle');
   }
   // Case to case as a reader goes: each case is read for a while, so the next one is loaded ahead.
   await page.keyboard.press('Enter');

@@ -12,7 +12,8 @@
 
   - *worklist load*: navigation start to the first rows of the list painted (``worklist-rendered``), a fresh
     navigation each time after one warm-up (the page's files come from the browser cache, as they do for a
-    reader who opens the worklist again; the data is fetched each time);
+    reader who opens the worklist again; the data is fetched each time), each once the previous page's
+    look-ahead (the first case, loaded as soon as the list shows) has finished;
   - *case to case, reading*: key ``j`` to the frame after the next case is shown with its rendered image and
     heat-map overlay (``case-shown``), the reader having stayed on each case until the page had loaded the
     next one ahead (it does so as soon as a case shows);
@@ -122,6 +123,14 @@ def main() -> int:
         for path, times in api.items():
             print(summary(f"GET {path.split('?')[0]}", times))
         print(summary("worklist load", result["loads"]))
+        phases = result["phases"]
+        if phases:
+            def med(key: str) -> float:
+                return statistics.median(p[key] for p in phases if p[key] is not None)
+
+            print(f"  of which (medians, ms from navigation start): page answered {med('html'):.0f}, scripts "
+                  f"running {med('scripts'):.0f}, session {med('session'):.0f}, list asked {med('listAsked'):.0f}, "
+                  f"list answered {med('listAnswered'):.0f}, rows painted {med('rendered'):.0f}")
         print(summary("case to case, reading", result["read"]))
         print(summary("case to case, rushing", result["rush"]))
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end")
