@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-peers=(dcmtk postgresql orthanc orthanc-dicomweb dicom3tools redis-server mricron-data chromium)
+peers=(dcmtk postgresql orthanc orthanc-dicomweb dicom3tools redis-server mricron-data chromium docker-compose)
 missing=()
 for p in "${peers[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
