@@ -192,13 +192,13 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _store_check(args: argparse.Namespace) -> int:
-    from interop.store.blobs import FileBlobStore
+    from interop.store.blobs import open_blob_store
     from interop.store.db import Database
     from interop.store.instances import InstanceStore
 
     settings = _settings(args)
     db = Database(settings.db_url)
-    blobs = FileBlobStore(settings.data_dir / "blobs")
+    blobs = open_blob_store(settings)  # files or the S3 bucket (storage.backend)
     orphans = InstanceStore(db, blobs).orphan_blobs()
     for key in orphans:
         print(key)

@@ -52,7 +52,7 @@ def _worker() -> Any:
             from interop.jobs.queue import JobQueue
             from interop.jobs.registry import AppRegistry
             from interop.jobs.worker import Worker
-            from interop.store.blobs import FileBlobStore
+            from interop.store.blobs import open_blob_store
             from interop.store.db import Database
 
             settings = Settings()
@@ -60,7 +60,7 @@ def _worker() -> Any:
             queue = JobQueue(db, lease_seconds=settings.jobs.lease_seconds)
             registry = AppRegistry(settings.jobs.apps_dirs, settings.jobs.models)
             _state.worker = Worker(
-                db=db, blobs=FileBlobStore(settings.data_dir / "blobs"), fhir=FhirStore(db), registry=registry,
+                db=db, blobs=open_blob_store(settings), fhir=FhirStore(db), registry=registry,
                 queue=queue, work_dir=settings.data_dir / "work", name=f"{worker_prefix('celery')}:{next(_slots)}",
                 prewarm=settings.jobs.prewarm, env=dict(os.environ),
             )
