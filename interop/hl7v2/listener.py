@@ -4,9 +4,11 @@ around :class:`~interop.hl7v2.messages.MessageLog`.
 It runs in its own thread with its own event loop, not in uvicorn's: the node starts it from the (sync)
 ``Node.start``, it keeps working whatever serves HTTP, and HTTP latency never waits on an MLLP burst nor the
 other way round. Each connection is read by a :class:`~interop.hl7v2.mllp.Deframer`; every complete frame
-is handed to the message log on a small thread pool (the database commit blocks; the loop does not), and its
-ACK written back before the next frame of that connection is read, so a connection's messages are applied
-in the order sent (original-mode ACK is send-and-wait, §2.9.2). Connections run side by side.
+is handed, in the order it arrived, to :class:`~interop.hl7v2.group.GroupCommit`, which maps it on a small
+thread pool and commits it together with whatever else arrived meanwhile (the database commit blocks; the
+loop does not). A frame's ACK is written once its group is committed, in the order the frames came, so a
+connection's messages are applied in the order sent, whether the sender waits for each ACK (original
+mode, §2.9.2) or pipelines several. Connections run side by side.
 
 A frame the peer cuts off (connection closed before ``FS CR``) is dropped: nothing was acknowledged, so
 nothing is stored. A frame over ``hl7.max_message_bytes`` is answered ``AR`` (addressed from its MSH when
@@ -24,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from interop.config import Hl7Settings
 from interop.errors import InteropError, MessageTooLarge
-from interop.hl7v2.ack import Outcome
+from interop.hl7v2.group import GroupCommit
 from interop.hl7v2.messages import MessageLog, outcome_of
 from interop.hl7v2.mllp import Deframer, Oversized, frame
 from interop.hl7v2.parse import Header, read_header
@@ -36,15 +38,18 @@ log = logging.getLogger(__name__)
 class MllpListener:
     """Serves MLLP on ``settings.host:settings.port`` from a background thread."""
 
-    def __init__(self, settings: Hl7Settings, messages: MessageLog, *, workers: int = 4) -> None:
+    def __init__(self, settings: Hl7Settings, messages: MessageLog, *, workers: int = 4,
+                 max_group: int = 16) -> None:
         self.settings = settings
         self.messages = messages
         self.workers = workers
+        self.max_group = max_group
         self.port: int | None = None  # the bound port (settings.port may be 0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self.group: GroupCommit | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
     @property
@@ -56,6 +61,8 @@ class MllpListener:
         ready = threading.Event()
         failure: list[BaseException] = []
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="mllp-worker")
+        self.group = GroupCommit(self.messages, self._pool, max_group=self.max_group)
+        self.group.start()
 
         def run() -> None:
             loop = asyncio.new_event_loop()
@@ -84,6 +91,7 @@ class MllpListener:
         ready.wait()
         if failure:
             self._thread.join()
+            self.group.stop()
             self._pool.shutdown(wait=False)
             raise failure[0]
         log.info("MLLP listening on %s:%d%s", self.settings.host, self.port, " (TLS)" if self.settings.tls else "")
@@ -107,6 +115,8 @@ class MllpListener:
             asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(timeout=10)
+        if self.group is not None:
+            self.group.stop()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self._server = None
@@ -125,7 +135,8 @@ class MllpListener:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         deframer = Deframer(self.settings.max_message_bytes)
-        loop = asyncio.get_running_loop()
+        group = self.group
+        assert group is not None
         try:
             while True:
                 try:
@@ -135,12 +146,13 @@ class MllpListener:
                     break
                 if not data:
                     break
-                for item in deframer.feed(data):
-                    if isinstance(item, Oversized):
-                        ack = self._oversized(item)
-                    else:
-                        ack = await loop.run_in_executor(self._pool, self._handle, item, peer)
+                # Every frame of this read is queued first (in order), so pipelined frames share a group.
+                pending = [self._oversized(item) if isinstance(item, Oversized)
+                           else asyncio.wrap_future(group.submit(item, peer)) for item in deframer.feed(data)]
+                for answer in pending:
+                    ack = answer if isinstance(answer, bytes) else self.messages.reply(await answer)
                     writer.write(frame(ack))
+                if pending:
                     await writer.drain()
             if deframer.partial:
                 log.warning("MLLP %s closed the connection inside a frame: the partial message is discarded", peer)
@@ -153,13 +165,6 @@ class MllpListener:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-
-    def _handle(self, payload: bytes, peer: str) -> bytes:
-        try:
-            return self.messages.handle(payload, peer)
-        except Exception:  # handle() does not raise; a bug must still not take the connection down silently
-            log.exception("MLLP %s: message could not be processed", peer)
-            return self.messages.ack(None, Outcome("AE", "207", "application internal error"))
 
     def _oversized(self, item: Oversized) -> bytes:
         header: Header | None

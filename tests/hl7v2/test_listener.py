@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from interop.fhir.store import FhirStore
-from interop.hl7v2.mllp import frame, send
+from interop.hl7v2.mllp import Deframer, frame, send
 from interop.hl7v2.models import Hl7Message
 from interop.store.db import Database
 from tests.conftest import ServerProc
@@ -189,3 +189,23 @@ def test_cli_replay_reprocesses_stored_messages(node: Node) -> None:
     assert [r.replays for r in rows] == [1, 1] and rows[0].ack_code == "AA"
     [obs] = node.search("Observation", code="http://loinc.org|2345-7")
     assert obs["valueQuantity"]["value"] == 142  # one Observation still: the replay updated it in place
+
+
+def test_pipelined_frames_on_one_connection_are_applied_and_answered_in_order(node: Node) -> None:
+    msgs = [oru(f"PIPE{i}", patient=f"MRN{i % 3:03d}", filler=f"PF{i}") for i in range(20)]
+    msgs[7] = msgs[3]  # sent again before its ACK came back
+    msgs[12] = oru("PIPE-FIX", patient="MRN000", filler="PF0", value="6.1", status="C")  # corrects PIPE0
+    deframer = Deframer(1 << 20)
+    acks: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", node.server.mllp_port), timeout=30) as sock:
+        sock.sendall(b"".join(frame(m) for m in msgs))  # all at once: they arrive in one or a few reads
+        while len(acks) < len(msgs):
+            data = sock.recv(65536)
+            assert data, "connection closed before every ACK came"
+            acks += [a for a in deframer.feed(data) if isinstance(a, bytes)]
+    got = [segments(a)["MSA"][1:3] for a in acks]
+    assert got == [["AA", segments(m)["MSH"][10]] for m in msgs]
+    stored = [r.control_id for r in node.rows()]
+    assert stored == [segments(m)["MSH"][10] for i, m in enumerate(msgs) if i != 7]  # in the order sent, once
+    [obs] = node.search("Observation", identifier="urn:hl7v2:GENLAB|PF0/2093-3")
+    assert obs["status"] == "corrected" and obs["valueQuantity"]["value"] == 6.1 and obs["meta"]["versionId"] == "2"
