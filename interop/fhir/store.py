@@ -2,9 +2,15 @@
 
 All writes go through :meth:`FhirStore._write`, which bumps ``versionId``, stamps ``meta.lastUpdated``,
 keeps the version in ``fhir_versions`` and replaces the resource's search-index rows, in the caller's
-transaction. Every public write takes an optional ORM ``session``: given, it runs inside it and the caller
-commits (the HL7 listener commits the raw message and its resources together); otherwise it opens
-:meth:`Database.writing`, which commits before returning, so a 2xx is sent only after a durable commit.
+transaction. An update whose content equals the current version's (server-managed ``meta.versionId`` and
+``meta.lastUpdated`` aside) writes nothing and answers the current version, as HAPI FHIR does: re-sent
+result Bundles (exactly-once delivery) leave no new versions behind.
+
+Every public method takes an optional ORM ``session`` (or a Core ``Connection``): given, it runs inside its
+transaction and the caller commits (the HL7 listener commits the raw message and its resources together);
+otherwise a write opens :meth:`Database.write_tx`, which commits before returning, so a 2xx is sent only
+after a durable commit. The store reads and writes Core rows only, never ORM objects: there is no unit of
+work to flush and no copy of a resource in a session that could go stale.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, inspect, select, text, update
+from sqlalchemy import Connection, Table, and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from interop.errors import (
@@ -40,12 +46,14 @@ from interop.store.db import Database
 
 _REFERENCE_PARAMS = frozenset(p.name for d in RESOURCES.values() for p in d.params if p.kind == "reference")
 
-#: The columns of a resource's current row as the write path reads them: Core rows, not ORM objects (the
-#: writes are Core statements, so the ORM keeps no copy of a resource that could go stale in the session).
+#: The columns of a resource's current row as the store reads them: Core rows, not ORM objects.
 _CURRENT = (FhirResource.pk, FhirResource.res_type, FhirResource.res_id, FhirResource.version_id,
             FhirResource.last_updated, FhirResource.deleted, FhirResource.content)
 #: A row with those columns (``sqlalchemy.engine.Row``; attribute access as on the ORM object).
 Current = Any
+_VERSION = (FhirVersion.version_id, FhirVersion.last_updated, FhirVersion.method, FhirVersion.content)
+#: What the public methods accept as the caller's transaction.
+Tx = Session | Connection
 _RESOURCES = cast(Table, FhirResource.__table__)
 _INDEX = cast(Table, FhirSearchIndex.__table__)
 _INSERT_RESOURCES = insert(_RESOURCES).returning(_RESOURCES.c.pk, sort_by_parameter_order=True)
@@ -113,10 +121,31 @@ class Stored:
         return f"{self.type}/{self.id}/_history/{self.version_id}"
 
 
-def _stored(row: Current | FhirResource, status: int = 200) -> Stored:
+def _utc(ts: dt.datetime) -> dt.datetime:
+    """A stored timestamp in UTC (SQLite hands back naive UTC, PostgreSQL the session's zone)."""
+    return ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts.astimezone(dt.UTC)
+
+
+def _stored(row: Current, status: int = 200, resource: dict[str, Any] | None = None) -> Stored:
     if row.content is None:
         raise Gone(f"{row.res_type}/{row.res_id} was deleted")
-    return Stored(json.loads(row.content), row.res_type, row.res_id, row.version_id, row.last_updated, status)
+    return Stored(resource if resource is not None else json.loads(row.content), row.res_type, row.res_id,
+                  row.version_id, _utc(row.last_updated), status)
+
+
+def _conn(tx: Tx) -> Connection:
+    return tx.connection() if isinstance(tx, Session) else tx
+
+
+def _compared(resource: dict[str, Any]) -> str:
+    """A resource as two versions are compared for a no-op update: canonical JSON (keys sorted) without ``id``
+    and the server-managed ``meta.versionId``/``meta.lastUpdated``; an empty ``meta`` is no ``meta``. ``2`` and
+    ``2.0`` differ, as FHIR decimals keep their precision (datatypes.html §2.24.0.1)."""
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    body = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    if meta:
+        body["meta"] = meta
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class _Batch:
@@ -140,10 +169,9 @@ class _Batch:
         #: (type, id) of every write not yet sent.
         self.keys: set[tuple[str, str]] = set()
 
-    def flush(self, session: Session) -> None:
+    def flush(self, conn: Connection) -> None:
         if not self.keys:
             return
-        conn = session.connection()
         if self.new:
             pks = conn.execute(_INSERT_RESOURCES, self.new).scalars().all()
             for pk, children in zip(pks, self.children, strict=True):
@@ -151,7 +179,6 @@ class _Batch:
                     child["resource_pk"] = pk
         if self.updates:
             conn.execute(_UPDATE_RESOURCES, self.updates)
-            _expire(session, {u["b_pk"] for u in self.updates})
         if self.reindex:
             conn.execute(delete(_INDEX).where(_INDEX.c.resource_pk.in_(self.reindex)))
         if self.versions:
@@ -159,15 +186,6 @@ class _Batch:
         if self.index:
             conn.execute(_INSERT_INDEX, self.index)
         self.clear()
-
-
-def _expire(session: Session, pks: set[int]) -> None:
-    """Expire ORM copies of rows just updated by Core statements (a search in the same session loads some)."""
-    for obj in list(session.identity_map.values()):
-        if isinstance(obj, FhirResource):
-            ident = inspect(obj).identity
-            if ident is not None and ident[0] in pks:
-                session.expire(obj)
 
 
 class FhirStore:
@@ -179,35 +197,44 @@ class FhirStore:
     # -- sessions ---------------------------------------------------------------------------------------
 
     @contextmanager
-    def _session(self, session: Session | None) -> Iterator[Session]:
-        if session is not None:
-            yield session
+    def _writing(self, tx: Tx | None) -> Iterator[Connection]:
+        """The caller's transaction, or a new write transaction that commits (durably) on exit."""
+        if tx is not None:
+            yield _conn(tx)
         else:
-            with self.db.writing() as s:
-                yield s
+            with self.db.write_tx() as conn:
+                yield conn
 
-    def _lock(self, session: Session, key: str) -> None:
+    @contextmanager
+    def _reading(self, tx: Tx | None) -> Iterator[Connection]:
+        if tx is not None:
+            yield _conn(tx)
+        else:
+            with self.db.engine.connect() as conn:
+                yield conn
+
+    def _lock(self, conn: Connection, key: str) -> None:
         """Serialise conditional writes on one condition. SQLite writers are already serial (BEGIN
         IMMEDIATE); on PostgreSQL a transaction-scoped advisory lock keeps two concurrent conditional
         creates of the same identifier from both creating (DESIGN promise 2)."""
         if not self.db.is_sqlite:
-            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(key.encode()) - 2**31})
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(key.encode()) - 2**31})
 
     # -- the one write path -----------------------------------------------------------------------------
 
-    def _row(self, session: Session, type_: str, id_: str, *, for_update: bool = False) -> Current | None:
+    def _row(self, conn: Connection, type_: str, id_: str, *, for_update: bool = False) -> Current | None:
         q = select(*_CURRENT).where(FhirResource.res_type == type_, FhirResource.res_id == id_)
         if for_update and not self.db.is_sqlite:
             q = q.with_for_update()
-        return session.connection().execute(q).first()
+        return conn.execute(q).first()
 
-    def _write(self, session: Session, row: Current | None, type_: str, id_: str,
+    def _write(self, conn: Connection, row: Current | None, type_: str, id_: str,
                data: dict[str, Any] | None, method: str, batch: _Batch | None = None) -> Stored:
         """Store a new version of ``type_/id_`` (``data`` None: a delete) and re-index it. With ``batch`` the
         statements are gathered there (the caller flushes it); otherwise they are sent at once."""
         now = _now()
         if row is not None and row.last_updated is not None:
-            prev = row.last_updated if row.last_updated.tzinfo else row.last_updated.replace(tzinfo=dt.UTC)
+            prev = _utc(row.last_updated)
             now = max(now, prev + dt.timedelta(milliseconds=1))  # lastUpdated strictly grows per resource
         now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         version = (row.version_id + 1) if row is not None else 1
@@ -242,12 +269,12 @@ class FhirStore:
             b.reindex.append(row.pk)
         b.keys.add((type_, id_))
         if batch is None:
-            b.flush(session)
+            b.flush(conn)
         return Stored(resource, type_, id_, version, now, status)
 
     # -- conditional matching ---------------------------------------------------------------------------
 
-    def match(self, session: Session, type_: str, query: str) -> list[Current]:
+    def match(self, session: Tx, type_: str, query: str) -> list[Current]:
         """Live resources of ``type_`` matching a search query string (``identifier=sys|val``), for
         conditional create/update (http.html §3.1.0.8, §3.1.0.10.2). Unknown parameters are errors."""
         params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
@@ -260,50 +287,54 @@ class FhirStore:
             system, bar, code = value.partition("|")
             if (param is not None and param.kind == "token" and bar and system and code
                     and "," not in value and "\\" not in value):
-                return list(session.connection().execute(
+                return list(_conn(session).execute(
                     _TOKEN_MATCH, {"m_type": type_, "m_param": name, "m_code": code, "m_system": system}))
         req = parse_search(defn, params, strict=True)
         q = select(*_CURRENT).where(FhirResource.res_type == type_, FhirResource.deleted.is_(False),
                                     *req.where()).limit(2)
-        return list(session.connection().execute(q))
+        return list(_conn(session).execute(q))
 
     # -- create / update / delete -----------------------------------------------------------------------
 
     def create(self, resource: dict[str, Any], *, if_none_exist: str | None = None,
-               session: Session | None = None, type_: str | None = None) -> Stored:
+               session: Tx | None = None, type_: str | None = None) -> Stored:
         """Create with a server-assigned id (http.html §3.1.0.7); with ``if_none_exist`` a conditional
         create (§3.1.0.8): one match → that resource (status 200), several → 412, none → create."""
         defn = validate_resource(resource, type_)
-        with self._session(session) as s:
+        with self._writing(session) as conn:
             if if_none_exist:
-                self._lock(s, f"{defn.type}?{if_none_exist}")
-                found = self.match(s, defn.type, if_none_exist)
+                self._lock(conn, f"{defn.type}?{if_none_exist}")
+                found = self.match(conn, defn.type, if_none_exist)
                 if len(found) > 1:
                     raise PreconditionFailed(f"If-None-Exist '{if_none_exist}' matches more than one {defn.type}")
                 if found:
                     return _stored(found[0], 200)
-            return self._write(s, None, defn.type, str(uuid.uuid4()), resource, "POST")
+            return self._write(conn, None, defn.type, str(uuid.uuid4()), resource, "POST")
 
     def update(self, type_: str, id_: str, resource: dict[str, Any], *, if_match: str | None = None,
-               session: Session | None = None) -> Stored:
+               session: Tx | None = None) -> Stored:
         """Update (or create with a client id) ``type_/id_`` (http.html §3.1.0.4); ``if_match`` must name
-        the current version (§3.1.0.5) or the update fails with 412 (409 when the resource is absent)."""
+        the current version (§3.1.0.5) or the update fails with 412 (409 when the resource is absent).
+        Content equal to the current version's writes nothing: the answer is that version (200)."""
         validate_resource(resource, type_)
         return self._update(type_, id_, resource, if_match, session)
 
     def _update(self, type_: str, id_: str, resource: dict[str, Any], if_match: str | None,
-                session: Session | None) -> Stored:
+                session: Tx | None) -> Stored:
         """:meth:`update` of a resource already validated."""
         valid_id(id_)
         if resource.get("id") != id_:
             raise InvalidInput(f"the resource's id ({resource.get('id')!r}) must match the URL id ({id_!r})",
                                expression=f"{type_}.id")
-        with self._session(session) as s:
-            row = self._row(s, type_, id_, for_update=True)
-            return self._put(s, row, type_, id_, resource, if_match)
+        with self._writing(session) as conn:
+            row = self._row(conn, type_, id_, for_update=True)
+            return self._put(conn, row, type_, id_, resource, if_match)
 
-    def _put(self, s: Session, row: Current | None, type_: str, id_: str, resource: dict[str, Any],
+    def _put(self, conn: Connection, row: Current | None, type_: str, id_: str, resource: dict[str, Any],
              if_match: str | None, batch: _Batch | None = None) -> Stored:
+        """Update ``row`` (the current one; None: absent) to ``resource`` after the ``If-Match`` check. When
+        the content is the current version's, nothing is written and that version is the answer (no new
+        version, no history entry, ``lastUpdated`` kept), as HAPI FHIR does by default."""
         if if_match is not None:
             wanted = parse_etag(if_match)
             if row is None or row.deleted:
@@ -312,16 +343,20 @@ class FhirStore:
                 raise PreconditionFailed(
                     f"version conflict: {type_}/{id_} is at version {row.version_id}, If-Match named {wanted}"
                 )
-        return self._write(s, row, type_, id_, resource, "PUT", batch)
+        if row is not None and row.content is not None:
+            current = json.loads(row.content)
+            if _compared(current) == _compared({**resource, "resourceType": type_}):
+                return _stored(row, 200, current)
+        return self._write(conn, row, type_, id_, resource, "PUT", batch)
 
     def conditional_update(self, type_: str, query: str, resource: dict[str, Any], *,
-                           if_match: str | None = None, session: Session | None = None) -> Stored:
+                           if_match: str | None = None, session: Tx | None = None) -> Stored:
         """``PUT Type?query`` (http.html §3.1.0.10.2): no match → create (with the body's id or a new one),
-        one match → update it, several → 412."""
+        one match → update it (or nothing, as :meth:`update`, when the content is unchanged), several → 412."""
         validate_resource(resource, type_)
-        with self._session(session) as s:
-            self._lock(s, f"{type_}?{query}")
-            found = self.match(s, type_, query)
+        with self._writing(session) as conn:
+            self._lock(conn, f"{type_}?{query}")
+            found = self.match(conn, type_, query)
             if len(found) > 1:
                 raise PreconditionFailed(f"'{type_}?{query}' matches more than one resource")
             if found:
@@ -331,18 +366,18 @@ class FhirStore:
                                        expression=f"{type_}.id")
             else:
                 id_ = valid_id(resource["id"]) if resource.get("id") else str(uuid.uuid4())
-            return self._update(type_, id_, {**resource, "id": id_}, if_match, s)
+            return self._update(type_, id_, {**resource, "id": id_}, if_match, conn)
 
-    def delete(self, type_: str, id_: str, *, session: Session | None = None) -> None:
+    def delete(self, type_: str, id_: str, *, session: Tx | None = None) -> None:
         """Delete (http.html §3.1.0.6): a new version without content; reads then answer 410. Refused
         (409) while another live resource still references it, so no stored reference dangles. Deleting an
         absent or already deleted resource succeeds (idempotent)."""
         served_type(type_)
-        with self._session(session) as s:
-            row = self._row(s, type_, id_, for_update=True)
+        with self._writing(session) as conn:
+            row = self._row(conn, type_, id_, for_update=True)
             if row is None or row.deleted:
                 return
-            referrer = s.execute(
+            referrer = conn.execute(
                 select(FhirSearchIndex.res_type, FhirResource.res_id)
                 .join(FhirResource, FhirResource.pk == FhirSearchIndex.resource_pk)
                 .where(FhirSearchIndex.value == id_, FhirSearchIndex.system == type_,
@@ -351,49 +386,42 @@ class FhirStore:
             ).first()
             if referrer is not None:
                 raise Conflict(f"{type_}/{id_} is referenced by {referrer[0]}/{referrer[1]}; delete that first")
-            self._write(s, row, type_, id_, None, "DELETE")
+            self._write(conn, row, type_, id_, None, "DELETE")
 
     # -- reads --------------------------------------------------------------------------------------------
 
-    def read(self, type_: str, id_: str, *, session: Session | None = None) -> Stored:
+    def read(self, type_: str, id_: str, *, session: Tx | None = None) -> Stored:
         """Read the current version (http.html §3.1.0.2): 404 unknown, 410 deleted."""
         served_type(type_)
-        with self._reader(session) as s:
-            row = self._row(s, type_, id_)
+        with self._reading(session) as conn:
+            row = self._row(conn, type_, id_)
             if row is None:
                 raise NotFound(f"{type_}/{id_} is not known")
             return _stored(row)
 
-    def vread(self, type_: str, id_: str, version: int, *, session: Session | None = None) -> Stored:
+    def vread(self, type_: str, id_: str, version: int, *, session: Tx | None = None) -> Stored:
         """Read one version (http.html §3.1.0.3): 404 unknown, 410 for the version that deleted it."""
         served_type(type_)
-        with self._reader(session) as s:
-            row = self._row(s, type_, id_)
-            v = s.get(FhirVersion, (row.pk, version)) if row is not None else None
+        with self._reading(session) as conn:
+            row = self._row(conn, type_, id_)
+            v = conn.execute(select(*_VERSION).where(FhirVersion.resource_pk == row.pk,
+                                                     FhirVersion.version_id == version)).first() if row else None
             if row is None or v is None:
                 raise NotFound(f"{type_}/{id_}/_history/{version} is not known")
             if v.content is None:
                 raise Gone(f"{type_}/{id_} version {version} is its deletion")
-            return Stored(json.loads(v.content), type_, id_, v.version_id, v.last_updated)
-
-    @contextmanager
-    def _reader(self, session: Session | None) -> Iterator[Session]:
-        if session is not None:
-            yield session
-        else:
-            with self.db.reading() as s:
-                yield s
+            return Stored(json.loads(v.content), type_, id_, v.version_id, _utc(v.last_updated))
 
     def history(self, type_: str, id_: str, *, base: str, count: int = 100) -> dict[str, Any]:
         """Instance history (http.html §3.1.0.12): a ``history`` Bundle, newest version first."""
         served_type(type_)
-        with self.db.reading() as s:
-            row = self._row(s, type_, id_)
+        with self._reading(None) as conn:
+            row = self._row(conn, type_, id_)
             if row is None:
                 raise NotFound(f"{type_}/{id_} is not known")
-            versions = list(s.scalars(select(FhirVersion).where(FhirVersion.resource_pk == row.pk)
-                                      .order_by(FhirVersion.version_id.desc()).limit(count)))
-            total = s.scalar(select(func.count()).where(FhirVersion.resource_pk == row.pk))
+            versions = list(conn.execute(select(*_VERSION).where(FhirVersion.resource_pk == row.pk)
+                                         .order_by(FhirVersion.version_id.desc()).limit(count)))
+            total = conn.scalar(select(func.count()).where(FhirVersion.resource_pk == row.pk))
         entries = []
         for v in versions:
             entry: dict[str, Any] = {"fullUrl": f"{base}/{type_}/{id_}",
@@ -412,7 +440,7 @@ class FhirStore:
     # -- search -------------------------------------------------------------------------------------------
 
     def search(self, type_: str, params: list[tuple[str, str]], *, base: str = "", strict: bool = False,
-               session: Session | None = None) -> dict[str, Any]:
+               session: Tx | None = None) -> dict[str, Any]:
         """Search (search.html): a ``searchset`` Bundle with ``total``, matches (mode ``match``), their
         ``_include``/``_revinclude`` resources (mode ``include``) and paging links. Pages are consistent:
         the first page fixes a snapshot (the highest resource key then), later pages never show resources
@@ -420,30 +448,30 @@ class FhirStore:
         with ``_sort`` pages go by offset under the same snapshot."""
         defn = served_type(type_)
         req = parse_search(defn, params, strict=strict)
-        with self._reader(session) as s:
+        with self._reading(session) as conn:
             if req.snapshot is None:
-                req.snapshot = s.scalar(select(func.max(FhirResource.pk))) or 0
+                req.snapshot = conn.scalar(select(func.max(FhirResource.pk))) or 0
             where = [FhirResource.res_type == type_, FhirResource.deleted.is_(False),
                      FhirResource.pk <= req.snapshot, *req.where()]
-            total = s.scalar(select(func.count()).select_from(FhirResource).where(*where)) or 0
-            q = select(FhirResource).where(*where)
+            total = conn.scalar(select(func.count()).select_from(FhirResource).where(*where)) or 0
+            q = select(*_CURRENT).where(*where)
             if req.sort:
                 q = q.order_by(*order_by(req)).offset(req.offset)
             else:
                 if req.after is not None:
                     q = q.where(FhirResource.pk > req.after)
                 q = q.order_by(FhirResource.pk)
-            rows = list(s.scalars(q.limit(req.count + 1))) if req.count > 0 else []
+            rows = list(conn.execute(q.limit(req.count + 1))) if req.count > 0 else []
             more = len(rows) > req.count
             rows = rows[: req.count]
-            included = self._includes(s, req, rows)
+            included = self._includes(conn, req, rows)
         return self._searchset(req, base, total, rows, included, more)
 
-    def _includes(self, s: Session, req: SearchRequest, rows: list[FhirResource]) -> list[FhirResource]:
+    def _includes(self, conn: Connection, req: SearchRequest, rows: list[Current]) -> list[Current]:
         if not rows or not (req.includes or req.revincludes):
             return []
         seen = {r.pk for r in rows}
-        out: list[FhirResource] = []
+        out: list[Current] = []
         pks = [r.pk for r in rows]
         ids = [r.res_id for r in rows]
         targets: set[tuple[str, str]] = set()
@@ -454,13 +482,13 @@ class FhirStore:
                 FhirSearchIndex.resource_pk.in_(pks), FhirSearchIndex.param == inc.param)
             if inc.target:
                 q = q.where(FhirSearchIndex.system == inc.target)
-            targets.update((t, i) for t, i in s.execute(q) if t and i)
-        found: list[FhirResource] = []
+            targets.update((t, i) for t, i in conn.execute(q) if t and i)
+        found: list[Current] = []
         by_type: dict[str, list[str]] = {}
         for t, i in targets:
             by_type.setdefault(t, []).append(i)
         for t, idlist in by_type.items():
-            found.extend(s.scalars(select(FhirResource).where(
+            found.extend(conn.execute(select(*_CURRENT).where(
                 FhirResource.res_type == t, FhirResource.res_id.in_(idlist), FhirResource.deleted.is_(False))))
         for inc in req.revincludes:
             if inc.target not in (None, req.defn.type):
@@ -468,7 +496,7 @@ class FhirStore:
             sub = select(FhirSearchIndex.resource_pk).where(
                 FhirSearchIndex.res_type == inc.source, FhirSearchIndex.param == inc.param,
                 FhirSearchIndex.system == req.defn.type, FhirSearchIndex.value.in_(ids))
-            found.extend(s.scalars(select(FhirResource).where(FhirResource.pk.in_(sub),
+            found.extend(conn.execute(select(*_CURRENT).where(FhirResource.pk.in_(sub),
                                                               FhirResource.deleted.is_(False))))
         for r in found:
             if r.pk not in seen:
@@ -476,8 +504,8 @@ class FhirStore:
                 out.append(r)
         return out
 
-    def _searchset(self, req: SearchRequest, base: str, total: int, rows: list[FhirResource],
-                   included: list[FhirResource], more: bool) -> dict[str, Any]:
+    def _searchset(self, req: SearchRequest, base: str, total: int, rows: list[Current],
+                   included: list[Current], more: bool) -> dict[str, Any]:
         url = f"{base}/{req.defn.type}"
         keep = [*req.applied, ("_count", str(req.count)), ("_snapshot", str(req.snapshot))]
         keep = [(k, v) for k, v in keep if k != "_count"] + [("_count", str(req.count))]
@@ -509,7 +537,7 @@ class FhirStore:
 
     # -- Bundles ------------------------------------------------------------------------------------------
 
-    def transaction(self, bundle: dict[str, Any], *, session: Session | None = None) -> dict[str, Any]:
+    def transaction(self, bundle: dict[str, Any], *, session: Tx | None = None) -> dict[str, Any]:
         """Apply a transaction Bundle atomically (http.html §3.1.0.11.2): every entry or none.
 
         Entries run in the order the spec fixes (DELETE, POST, PUT, GET); conditional creates
@@ -518,10 +546,10 @@ class FhirStore:
         ``Type/id`` it got. Any failure rolls the whole Bundle back and raises the error, its message naming
         the entry. With ``session`` the caller owns the transaction."""
         entries = _bundle_entries(bundle, "transaction")
-        with self._session(session) as s:
-            return self._transaction(s, entries)
+        with self._writing(session) as conn:
+            return self._transaction(conn, entries)
 
-    def _transaction(self, s: Session, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    def _transaction(self, s: Connection, entries: list[dict[str, Any]]) -> dict[str, Any]:
         order = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
         plan: list[tuple[int, dict[str, Any]]] = []
         for i, e in enumerate(entries):
@@ -592,7 +620,7 @@ class FhirStore:
         return {"resourceType": "Bundle", "type": "transaction-response",
                 "entry": [results[i] for i in range(len(entries))]}
 
-    def _run_entry(self, s: Session, i: int, e: dict[str, Any], resolved: _Resolved | None, ids: dict[str, str],
+    def _run_entry(self, s: Connection, i: int, e: dict[str, Any], resolved: _Resolved | None, ids: dict[str, str],
                    batch: _Batch, touched: set[tuple[str, str]]) -> dict[str, Any]:
         req = e["request"]
         method = str(req["method"]).upper()
@@ -652,8 +680,8 @@ class FhirStore:
         out: list[dict[str, Any]] = []
         for i, e in enumerate(entries):
             try:
-                with self.db.writing() as s:
-                    resp = self._transaction(s, [e])["entry"][0]
+                with self.db.write_tx() as conn:
+                    resp = self._transaction(conn, [e])["entry"][0]
             except InteropError as exc:
                 resp = {"response": {"status": f"{exc.http_status} {_REASONS.get(exc.http_status, 'Error')}",
                                      "outcome": exc.operation_outcome()}}

@@ -275,7 +275,7 @@ def test_fhir_wrong_bearer_token_is_not_retryable_401(ehr: ServerProc) -> None:
     with pytest.raises(DeliveryError) as err:
         fhir(ehr, {"kind": "bearer", "token": "nonsense"}).transaction(bundle("nope"))
     assert not err.value.retryable and err.value.status == 401
-    assert "OperationOutcome" in err.value.reason and "invalid token" in err.value.reason
+    assert "OperationOutcome" in err.value.reason and "malformed token" in err.value.reason  # the EHR's own words
 
 
 def test_fhir_invalid_bundle_is_refused_with_the_operation_outcome(ehr: ServerProc) -> None:
@@ -357,7 +357,7 @@ def test_smart_backend_fetches_a_new_token_once_on_401(
     with pytest.raises(DeliveryError) as err:
         dest.transaction(bundle("smart-401-again"))
     assert not err.value.retryable and err.value.status == 401 and server.granted == 2
-    assert "invalid token" in err.value.reason
+    assert "malformed token" in err.value.reason  # the EHR's OperationOutcome, carried
 
 
 def test_smart_backend_fetches_a_new_token_shortly_before_expiry(
