@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from interop.background import Loop
 from interop.config import JobSettings, RoutingRule
@@ -55,7 +55,8 @@ def lab_fact(resource: dict[str, Any]) -> LabFact | None:
 
 class Router:
     def __init__(self, db: Database, fhir: FhirStore, rules: RuleStore, registry: AppRegistry, queue: JobQueue,
-                 settings: JobSettings, on_new_jobs: Callable[[list[int]], None] | None = None) -> None:
+                 settings: JobSettings, on_new_jobs: Callable[[list[int]], None] | None = None,
+                 lab_page: int = 2000) -> None:
         self.db = db
         self.fhir = fhir
         self.rules = rules
@@ -64,6 +65,8 @@ class Router:
         self.settings = settings
         self.on_new_jobs = on_new_jobs
         self._loop = Loop("router", self.poll, 1.0)
+        #: Observations read per page of the lab log.
+        self.lab_page = lab_page
         #: Observation versions already routed inside the overlap window: (pk, version) -> last_updated.
         self._seen: dict[tuple[int, int], dt.datetime] = {}
 
@@ -226,31 +229,52 @@ class Router:
         return new
 
     def _poll_labs(self) -> list[int]:
+        """Route the patients whose Observations changed since the cursor (minus :data:`OVERLAP`).
+
+        The window is read in keyset pages of ``(last_updated, pk)``, narrow columns first; only versions not
+        yet routed have their subject read. The cursor is saved after each page's patients are routed, so a
+        window holding more Observations than a page (a burst, or a first start over a filled store) is read
+        to its end instead of the same first page again, and a crash mid-window loses nothing."""
         cur = self._cursor("observations")
         since = (cur.at - OVERLAP) if cur.at else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-        with self.db.reading() as s:
-            rows = s.execute(select(FhirResource.pk, FhirResource.version_id, FhirResource.last_updated,
-                                    FhirResource.content)
-                             .where(FhirResource.res_type == "Observation", FhirResource.last_updated > since)
-                             .order_by(FhirResource.last_updated).limit(5000)).all()
         self._seen = {k: t for k, t in self._seen.items() if t > since}
-        rows = [r for r in rows if (r.pk, r.version_id) not in self._seen]
-        if not rows:
-            return []
-        patients: dict[str, dt.datetime] = {}
-        for r in rows:
-            stored = aware(r.last_updated) or since
-            self._seen[(r.pk, r.version_id)] = stored
-            if r.content:
-                subject = (json.loads(r.content).get("subject") or {}).get("reference", "")
+        high = cur.at
+        after: tuple[Any, int] | None = None
+        new: list[int] = []
+        while True:
+            q = select(FhirResource.pk, FhirResource.version_id, FhirResource.last_updated).where(
+                FhirResource.res_type == "Observation", FhirResource.last_updated > since)
+            if after is not None:
+                q = q.where(or_(FhirResource.last_updated > after[0],
+                                and_(FhirResource.last_updated == after[0], FhirResource.pk > after[1])))
+            with self.db.reading() as s:
+                page = s.execute(q.order_by(FhirResource.last_updated, FhirResource.pk)
+                                 .limit(self.lab_page)).all()
+                fresh = [r for r in page if (r.pk, r.version_id) not in self._seen]
+                contents: dict[int, str | None] = {
+                    pk: content for pk, content in s.execute(select(FhirResource.pk, FhirResource.content)
+                                                             .where(FhirResource.pk.in_([r.pk for r in fresh])))
+                } if fresh else {}
+            if not page:
+                break
+            after = (page[-1].last_updated, page[-1].pk)
+            patients: dict[str, dt.datetime] = {}
+            for r in fresh:
+                stored = aware(r.last_updated) or since
+                content = contents.get(r.pk)
+                subject = (json.loads(content).get("subject") or {}).get("reference", "") if content else ""
                 if subject.startswith("Patient/"):
                     patients[subject] = max(stored, patients.get(subject, stored))
-        new: list[int] = []
-        for ref, stored in sorted(patients.items()):
-            new += self.route_patient(ref, triggered_at=stored)
-        latest = max(aware(r.last_updated) or since for r in rows)
-        if cur.at is None or latest > cur.at:
-            self._save_cursor("observations", 0, latest)
+            for ref, stored in sorted(patients.items()):
+                new += self.route_patient(ref, triggered_at=stored)
+            for r in fresh:  # routed: not again while inside the overlap
+                self._seen[(r.pk, r.version_id)] = aware(r.last_updated) or since
+            latest = aware(page[-1].last_updated)
+            if latest is not None and (high is None or latest > high):
+                self._save_cursor("observations", 0, latest)
+                high = latest
+            if len(page) < self.lab_page:
+                break
         return new
 
     def wake(self) -> None:
