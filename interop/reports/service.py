@@ -302,6 +302,11 @@ class SignOffs:
         if action == "reject" and not (reason or "").strip():
             raise InvalidInput("a rejection needs its reason", expression="reason")
         findings = dict(findings or {})
+        if findings and action != "amend":
+            raise InvalidInput(f"changed findings make an amendment, not an {action}: send action 'amend'",
+                               expression="findings")
+        if not reader_id.strip() or not reader_name.strip():
+            raise InvalidInput("the verdict needs its reader's id and name (the token names no person)")
         now = utcnow()
         with self.db.writing() as s:
             r = s.get(Report, report_id, with_for_update=True)
@@ -324,11 +329,17 @@ class SignOffs:
             sequence = r.verdicts + 1
             before = r.state
             after = report_status_after(before, action)
-            verdict = Verdict(action=action, sequence=sequence, reader_id=reader_id,  # type: ignore[arg-type]
-                              reader_name=reader_name, at=now, previous_status=before, reason=reason,
-                              conclusion=conclusion, findings=findings)
-            inp = self.reporter.report_input(r, job, result, json.loads(r.content))
-            bundle = signoff_bundle(inp, verdict)
+            try:
+                verdict = Verdict(action=action, sequence=sequence, reader_id=reader_id,  # type: ignore[arg-type]
+                                  reader_name=reader_name, at=now, previous_status=before, reason=reason,
+                                  conclusion=conclusion, findings=findings)
+            except ValueError as exc:  # the verdict's own checks: what the reader sent can't make a verdict
+                raise InvalidInput(f"report {report_id} can't be signed: {exc}") from exc
+            try:
+                inp = self.reporter.report_input(r, job, result, json.loads(r.content))
+                bundle = signoff_bundle(inp, verdict)
+            except ValueError as exc:  # the stored report's context can't make the signed report
+                raise Conflict(f"report {report_id} can't be signed: {exc}") from exc
             sr_uid = None
             inputs = json.loads(job.inputs)
             if action != "reject" and r.sr_sop_uid and inputs.get("sop_instance_uids"):

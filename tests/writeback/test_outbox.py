@@ -152,6 +152,12 @@ def test_accept_makes_a_verified_sr_and_a_final_report(jobs: Jobs, tmp_path: Pat
     with pytest.raises(InvalidInput):
         signoffs.verdict(rep["id"], action="amend", reader_id="u1", reader_name="Jane Doe",
                          findings={"nonexistent": True})
+    # the reader's input is checked before anything is built: a 400 that says what is wrong, never a 500
+    with pytest.raises(InvalidInput, match="findings"):
+        signoffs.verdict(rep["id"], action="accept", reader_id="u1", reader_name="Jane Doe", findings={"x": False})
+    with pytest.raises(InvalidInput, match="name"):
+        signoffs.verdict(rep["id"], action="accept", reader_id="u1", reader_name=" ")
+    assert signoffs.get(rep["id"])["status"] == "preliminary" and not signoffs.get(rep["id"])["signoffs"]
     out = signoffs.verdict(rep["id"], action="accept", reader_id="u1", reader_name="Jane Doe")
     assert out["status"] == "final" and out["status_before"] == "preliminary" and out["verified_sr"]
     outbox.drain()
