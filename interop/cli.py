@@ -8,6 +8,8 @@
 * ``interop migrate``: bring the database schema up to date (``serve`` does this too);
 * ``interop store check``: list stored objects that no index row points at (left by a crash);
 * ``interop hl7 replay``: re-process stored HL7 v2 messages; ``interop hl7 check``: full structure check.
+* ``interop models list|activate|shadow|install``: model versions (interop.mlops);
+  ``interop feedback export``: the sign-off feedback table for the apps' train scripts.
 """
 
 from __future__ import annotations
@@ -249,6 +251,87 @@ def _hl7_check(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _model_registry(args: argparse.Namespace) -> Any:
+    """The model registry on the configured database (migrated first) and the installed apps."""
+    from interop.jobs.registry import AppRegistry
+    from interop.mlops.registry import ModelRegistry
+    from interop.store.db import Database
+
+    settings = _settings(args)
+    db = Database(settings.db_url)
+    db.migrate()
+    apps = AppRegistry(settings.jobs.apps_dirs, settings.jobs.models,
+                       installed=[(m.app, m.path) for m in settings.models.installed],
+                       models_root=settings.data_dir / "models")
+    return ModelRegistry(db, apps)
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    for app in _model_registry(args).listing():
+        if args.app and app["app"] != args.app:
+            continue
+        print(f"{app['app']}: active {app['active_version']}, shadow {app['shadow_version'] or '-'}")
+        for v in app["versions"]:
+            marks = [m for m, on in (("default", v["version"] == app["default_version"]),
+                                     ("active", v["version"] == app["active_version"]),
+                                     ("shadow", v["version"] == app["shadow_version"])) if on]
+            print(f"  {v['version']}\t{','.join(marks) or '-'}\t{v['source']}\t{v['path']}")
+        for rule, chosen in app["rules"].items():
+            print(f"  rule {rule}: active {chosen['active_version']}, shadow {chosen['shadow_version'] or '-'}")
+        for a in app["shadow_agreement"]:
+            rate = "n/a" if a["agreement_rate"] is None else f"{a['agreement_rate']:.1%}"
+            print(f"  shadow {a['shadow_version']} beside {a['active_version']}: {a['agreed']}/{a['compared']} "
+                  f"agree ({rate}), {a['incomplete']} incomplete")
+    return 0
+
+
+def _models_assign(args: argparse.Namespace) -> int:
+    from interop.errors import InteropError
+
+    if args.version is None and not args.clear:
+        return _fail("give a VERSION, or --clear")
+    version = None if args.clear else args.version
+    try:
+        _model_registry(args).assign(args.app, args.role, version, rule=args.rule or "", by="cli")
+    except InteropError as exc:
+        return _fail(str(exc))
+    scope = f"rule {args.rule}" if args.rule else "every rule"
+    now = version or ("the app's own bundle" if args.role == "active" else "none")
+    print(f"{args.app}: {args.role} model for {scope} is now {now}", file=sys.stderr)
+    return 0
+
+
+def _models_install(args: argparse.Namespace) -> int:
+    from interop.errors import InteropError
+    from interop.mlops.catalog import install
+
+    settings = _settings(args)
+    try:
+        dest = install(settings.data_dir / "models", args.app, Path(args.bundle))
+    except InteropError as exc:
+        return _fail(str(exc))
+    print(f"installed at {dest}; activate it with `interop models activate {args.app} <version>` or run it in "
+          f"shadow with `interop models shadow {args.app} <version>`", file=sys.stderr)
+    return 0
+
+
+def _feedback_export(args: argparse.Namespace) -> int:
+    import json
+
+    from interop.reports.service import SignOffs
+    from interop.store.db import Database
+
+    db = Database(_settings(args).db_url)
+    signoffs = SignOffs(db, reporter=None)  # type: ignore[arg-type]  # the export reads the database only
+    text = (json.dumps(signoffs.feedback_rows(args.app), default=str) if args.format == "json"
+            else signoffs.feedback_csv(args.app))
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="interop", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", help="TOML configuration file (same as INTEROP_CONFIG)")
@@ -329,6 +412,34 @@ def build_parser() -> argparse.ArgumentParser:
     hc = h_sub.add_parser("check", help="full HL7 v2.5.1 structure check (hl7apy) of stored messages")
     hc.add_argument("--id", type=int, action="append", required=True, help="message log id (repeatable)")
     hc.set_defaults(func=_hl7_check)
+
+    m = sub.add_parser("models", help="model versions: list, activate, shadow, install")
+    m_sub = m.add_subparsers(dest="models_command", required=True)
+    ml = m_sub.add_parser("list", help="installed versions per app, which is active and which in shadow, the "
+                                       "shadow agreement")
+    ml.add_argument("app", nargs="?", help="only this app")
+    ml.set_defaults(func=_models_list)
+    for command, role, doc in (("activate", "active", "make an installed version active (new jobs run it)"),
+                               ("shadow", "shadow", "run an installed version in shadow beside the active one")):
+        ma = m_sub.add_parser(command, help=doc)
+        ma.add_argument("app")
+        ma.add_argument("version", nargs="?")
+        ma.add_argument("--rule", help="only for this routing rule (default: every rule of the app)")
+        ma.add_argument("--clear", action="store_true", help="remove the assignment (active: back to the app's "
+                                                             "own bundle; shadow: none)")
+        ma.set_defaults(func=_models_assign, role=role)
+    mi = m_sub.add_parser("install", help="copy a model bundle to <data_dir>/models/<app>/<version>/")
+    mi.add_argument("app")
+    mi.add_argument("bundle", help="the bundle folder (configs/metadata.json names its version)")
+    mi.set_defaults(func=_models_install)
+
+    fb = sub.add_parser("feedback", help="physicians' verdicts beside the AI output (for the train scripts)")
+    fb_sub = fb.add_subparsers(dest="feedback_command", required=True)
+    fe = fb_sub.add_parser("export", help="the sign-off feedback table (same as GET /api/feedback)")
+    fe.add_argument("--app", help="only this app's verdicts")
+    fe.add_argument("--format", choices=["csv", "json"], default="csv")
+    fe.add_argument("--out", help="file to write (default: standard output)")
+    fe.set_defaults(func=_feedback_export)
     return p
 
 

@@ -431,6 +431,30 @@ class StorageSettings(_Section):
         return self
 
 
+class ModelEntry(_Section):
+    """``[[models.installed]]``: one more version of an app's model, a bundle directory (its version is the one
+    in its ``configs/metadata.json``)."""
+
+    app: str = Field(min_length=1)
+    path: Path
+
+
+class ModelSettings(_Section):
+    """Model versions, shadow runs and drift (interop.mlops). Versions are found in the apps' own bundles
+    (``jobs.models`` replaces those), in ``installed`` and under ``<data_dir>/models/<app>/<version>/``;
+    which one is active or shadow is kept in the database (``interop models``, ``/api/models``)."""
+
+    installed: list[ModelEntry] = Field(default_factory=list)
+    #: Shadow agreement of findings: the same findings present and every probability within this distance.
+    shadow_max_probability_delta: float = Field(0.1, ge=0, le=1)
+    #: Shadow agreement of segmentations: every label's Dice at least this.
+    shadow_min_dice: float = Field(0.8, ge=0, le=1)
+    #: Drift is computed over each model version's most recent results, at most this many.
+    drift_window: int = Field(500, ge=10)
+    #: Fewer results than this and no drift figure is published (too few to say anything).
+    drift_min_cases: int = Field(20, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="INTEROP_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -451,6 +475,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     ohif: OhifSettings = OhifSettings()
     storage: StorageSettings = StorageSettings()
+    models: ModelSettings = ModelSettings()
     log_level: str = "INFO"
 
     @classmethod

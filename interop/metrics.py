@@ -51,6 +51,16 @@ GAUGES: dict[str, tuple[str, str, list[str]]] = {
     "breakers": ("interop_writeback_breaker", "Circuit breaker of each destination: 1 on its current state",
                  ["destination", "state"]),
     "reports": ("interop_reports", "AI reports by app and status", ["app", "status"]),
+    # Models (interop.mlops): drift as the population stability index against the bundle's training reference
+    # over each version's recent results; shadow runs' agreement with the active version.
+    "model_input_drift": ("interop_model_input_drift", "PSI of a model input feature against its training "
+                          "reference (recent results)", ["app", "model_version", "feature"]),
+    "model_output_drift": ("interop_model_output_drift", "PSI of a model output (probability, measurement) "
+                           "against its training reference (recent results)", ["app", "model_version", "feature"]),
+    "shadow_agreement": ("interop_model_shadow_agreement", "Share of shadow runs agreeing with the active "
+                         "version's run (both succeeded)", ["app", "active_version", "shadow_version"]),
+    "shadow_comparisons": ("interop_model_shadow_comparisons", "Shadow runs compared, by outcome (agree, "
+                           "disagree, incomplete)", ["app", "active_version", "shadow_version", "outcome"]),
 }
 
 

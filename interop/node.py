@@ -9,6 +9,7 @@ from interop import metrics
 from interop.assembly import StudyAssembler
 from interop.audit import AuditTrail
 from interop.auth import TokenService
+from interop.background import Loop
 from interop.config import Settings
 from interop.dicom.listener import DimseListener
 from interop.fhir import FhirStore
@@ -17,6 +18,9 @@ from interop.hl7v2.messages import mapping_options
 from interop.jobs.executors import CeleryExecutor, Executor, JobService, LocalExecutor
 from interop.jobs.queue import JobQueue
 from interop.jobs.registry import AppRegistry
+from interop.mlops.drift import DriftMonitor
+from interop.mlops.registry import ModelRegistry
+from interop.mlops.shadow import ShadowMonitor
 from interop.reports.service import Reporter, SignOffs
 from interop.routing.router import Router
 from interop.routing.rules import RuleStore
@@ -50,7 +54,11 @@ class Node:
         self.hl7 = MessageLog(self.db, self.fhir.transaction, mapping_options(settings.hl7))
         self.mllp = MllpListener(settings.hl7, self.hl7)
         # Routing and jobs: ready studies and completed lab sets become jobs; an executor runs the apps.
-        self.apps = AppRegistry(settings.jobs.apps_dirs, settings.jobs.models)
+        self.apps = AppRegistry(settings.jobs.apps_dirs, settings.jobs.models,
+                                installed=[(m.app, m.path) for m in settings.models.installed],
+                                models_root=settings.data_dir / "models")
+        # Model versions: which is active or shadow per app and rule, shadow comparisons, drift (interop.mlops).
+        self.models = ModelRegistry(self.db, self.apps)
         self.rules = RuleStore(self.db)
         self.queue = JobQueue(self.db, lease_seconds=settings.jobs.lease_seconds)
         self.executor: Executor
@@ -61,7 +69,14 @@ class Node:
                                           registry=self.apps, queue=self.queue, work_dir=settings.data_dir / "work")
         self.jobs = JobService(self.queue, self.executor, settings.jobs)
         self.router = Router(self.db, self.fhir, self.rules, self.apps, self.queue, settings.jobs,
-                             on_new_jobs=self.jobs.notify)
+                             on_new_jobs=self.jobs.notify, models=self.models)
+        self.shadows = ShadowMonitor(self.db, self.blobs, settings.models)
+        self._shadow_loop = Loop("shadow-compare", self.shadows.compare_due, 2.0)
+        self.drift = DriftMonitor(self.db, self.apps, settings.models)
+        metrics.watch("model_input_drift", lambda: self.drift.gauge("input"))
+        metrics.watch("model_output_drift", lambda: self.drift.gauge("output"))
+        metrics.watch("shadow_agreement", self.shadow_agreement)
+        metrics.watch("shadow_comparisons", self.shadow_counts)
         self.assembler.subscribe(lambda _event: self.router.wake())
         self.hl7.on_stored = self.router.wake
         metrics.watch_queue(self.queue.depth)
@@ -96,6 +111,7 @@ class Node:
         warm = any(r.enabled for r in self.rules.rules())
         self.jobs.start(local=self.settings.jobs.executor == "local", warm=warm)
         self.router.start()
+        self._shadow_loop.start()
         self.outbox.start()
         if self.settings.audit.enabled:
             self.audit.start()
@@ -108,6 +124,7 @@ class Node:
         self.dimse.stop()
         self.assembler.stop()
         self.router.stop()
+        self._shadow_loop.stop()
         self.jobs.stop()
         self.outbox.stop()
         self.audit.stop()
@@ -122,6 +139,18 @@ class Node:
         with self.db.reading() as s:
             return [((app, state), n) for app, state, n in s.execute(
                 select(Report.app, Report.state, func.count()).group_by(Report.app, Report.state))]
+
+    def shadow_agreement(self) -> list[tuple[tuple[str, ...], float]]:
+        return [((a["app"], a["active_version"], a["shadow_version"]), a["agreement_rate"])
+                for a in self.models.agreement() if a["agreement_rate"] is not None]
+
+    def shadow_counts(self) -> list[tuple[tuple[str, ...], int]]:
+        out: list[tuple[tuple[str, ...], int]] = []
+        for a in self.models.agreement():
+            key = (a["app"], a["active_version"], a["shadow_version"])
+            out += [((*key, "agree"), a["agreed"]), ((*key, "disagree"), a["compared"] - a["agreed"]),
+                    ((*key, "incomplete"), a["incomplete"])]
+        return out
 
     def check_ready(self) -> dict[str, str]:
         """Readiness of each dependency: ``ok`` or the reason it isn't."""

@@ -142,6 +142,9 @@ class AppResult(_Strict):
     #: A one-line human-readable summary of the result (never the final report).
     summary: str = ""
     timing: dict[str, float] = Field(default_factory=dict)  # e.g. {"inference_seconds": 0.4}
+    #: Summary features of the input as the model saw it, for drift monitoring (operators.drift_reference):
+    #: e.g. {"intensity_mean": 0.41, "intensity_std": 0.2}; scalars only, never an identifier.
+    monitoring: dict[str, float] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

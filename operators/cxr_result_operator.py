@@ -9,6 +9,7 @@ from holoscan.core import ExecutionContext, InputContext, OutputContext
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
 from operators.app_result import AppRef, AppResult, Coding, Finding, Inputs, ModelRef
+from operators.drift_reference import image_features
 from operators.gradcam_operator import ExplainedPrediction
 
 #: Timing entries that together make ``inference_seconds``: decode, preprocessing, forward pass, Grad-CAM.
@@ -62,6 +63,7 @@ def build_result(explained: ExplainedPrediction, app_name: str, app_version: str
         findings=findings,
         summary=summary + (f" ({info.notice})" if info.notice else ""),
         timing={k: round(v, 4) for k, v in timing.items()},
+        monitoring=image_features(image.input),
     )
     return result, arrays
 

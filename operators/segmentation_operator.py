@@ -27,6 +27,7 @@ import torch
 from holoscan.core import ExecutionContext, InputContext, OutputContext
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
+from operators.drift_reference import image_features
 from operators.model_bundle import ModelBundleError, ModelInfo, model_file, model_info
 from operators.volume_geometry import (
     WorkingGrid,
@@ -63,6 +64,8 @@ class SegmentationOutput:
     segments: list[dict[str, Any]]  # from the bundle metadata: number, name, code, laterality
     model: ModelInfo
     timing: dict[str, float] = field(default_factory=dict)
+    #: Features of the network's input (operators.drift_reference.image_features), for drift monitoring.
+    monitoring: dict[str, float] = field(default_factory=dict)
 
 
 def source_volume(voxels: np.ndarray, sop_instances: list[Any]) -> SourceVolume:
@@ -133,7 +136,7 @@ class VolumeSegmenter:
         log.info("segmented %s: network %.2f s, with resampling %.2f s", source.series_instance_uid, inference,
                  timing["segmentation_seconds"])
         return SegmentationOutput(labels=labels, source=source, segments=self.segments, model=self.info,
-                                  timing=timing)
+                                  timing=timing, monitoring=image_features(image))
 
 
 class SegmentationOperator(Operator):

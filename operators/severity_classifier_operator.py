@@ -149,6 +149,8 @@ def build_result(model: LoadedModel, features: LabFeatures, app: AppRef, timing:
         classifications=[prediction.classification],
         summary=summary_line(prediction.classification, imputed),
         timing=timing,
+        # The lab values as read (canonical units), imputed ones left out: the inputs whose drift is watched.
+        monitoring={k: float(v) for k, v in features.values.items() if isinstance(v, int | float)},
     )
 
 

@@ -67,6 +67,7 @@ def build_result(seg: SegmentationOutput, app_name: str, app_version: str) -> tu
                                     referenced_sop_instance_uids=list(src.sop_instance_uids))],
         summary=summary,
         timing=dict(seg.timing),
+        monitoring=dict(seg.monitoring),
     )
     return result, {LABEL_FILE: np.ascontiguousarray(seg.labels, dtype=np.uint8)}
 

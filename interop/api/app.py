@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from interop import metrics, ui
-from interop.api import errors, health, jobs, oauth, reports, studies
+from interop.api import errors, health, jobs, models, oauth, reports, studies
 from interop.api import viewer as viewer_api
 from interop.node import Node
 
@@ -93,6 +93,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(jobs.router)
+    app.include_router(models.router)  # model versions, shadow runs, drift
     app.include_router(reports.router)
     app.include_router(viewer_api.router)  # the worklist's counts, images and overlays
     app.include_router(dicomweb_router, prefix="/dicomweb")

@@ -58,7 +58,9 @@ def _worker() -> Any:
             settings = Settings()
             db = Database(settings.db_url)
             queue = JobQueue(db, lease_seconds=settings.jobs.lease_seconds)
-            registry = AppRegistry(settings.jobs.apps_dirs, settings.jobs.models)
+            registry = AppRegistry(settings.jobs.apps_dirs, settings.jobs.models,
+                                   installed=[(m.app, m.path) for m in settings.models.installed],
+                                   models_root=settings.data_dir / "models")
             _state.worker = Worker(
                 db=db, blobs=open_blob_store(settings), fhir=FhirStore(db), registry=registry,
                 queue=queue, work_dir=settings.data_dir / "work", name=f"{worker_prefix('celery')}:{next(_slots)}",

@@ -133,7 +133,7 @@ class CeleryExecutor:
         n = 0
         for job_id, priority in self.queue.to_dispatch(self.resend_after):
             self.celery.send_task("interop.run_job", args=[job_id], queue="interop",
-                                  priority=0 if priority == "stat" else 5)
+                                  priority={"stat": 0, "shadow": 9}.get(priority, 5))
             n += 1
         return n
 

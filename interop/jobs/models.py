@@ -24,8 +24,9 @@ from interop.store.models import UID, Base, utcnow
 
 STATES = ("queued", "running", "retrying", "succeeded", "failed", "dead", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "dead", "cancelled")
-#: Lower runs first.
-PRIORITY_RANK = {"stat": 0, "routine": 1}
+#: Lower runs first. ``shadow``: a new model version run beside the active one (interop.mlops), only when no
+#: clinical job waits.
+PRIORITY_RANK = {"stat": 0, "routine": 1, "shadow": 2}
 
 
 class Job(Base):
@@ -63,6 +64,11 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     #: When the trigger happened (study ready, lab set complete, request): the start of the latency clock.
     triggered_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: A shadow run: a model version tried beside the active one on the same input. Its result is kept and
+    #: compared (interop.mlops), never reported, written back or shown as a clinical result.
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: The clinical job a shadow run shadows.
+    shadow_of: Mapped[int | None] = mapped_column(Integer, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

@@ -54,6 +54,9 @@ class NewJob:
     backoff_seconds: float
     timeout_seconds: float
     triggered_at: dt.datetime
+    #: A shadow run (interop.mlops) of the clinical job ``shadow_of``: no report, no write-back.
+    shadow: bool = False
+    shadow_of: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Claim:
     patient_id: str | None
     model_version: str = ""
     triggered_at: dt.datetime | None = None
+    shadow: bool = False
 
 
 class JobQueue:
@@ -87,7 +91,7 @@ class JobQueue:
             priority_rank=PRIORITY_RANK.get(job.priority, 1), study_uid=job.study_uid, patient_id=job.patient_id,
             inputs=json.dumps(job.inputs, sort_keys=True), state="queued", attempts=0, max_attempts=job.max_attempts,
             backoff_seconds=job.backoff_seconds, timeout_seconds=job.timeout_seconds, cancel_requested=False,
-            triggered_at=job.triggered_at, created_at=utcnow(),
+            triggered_at=job.triggered_at, created_at=utcnow(), shadow=job.shadow, shadow_of=job.shadow_of,
         )
         if session is not None:
             return self._enqueue(session, values)
@@ -134,7 +138,7 @@ class JobQueue:
             job.next_attempt_at = None
             s.add(JobAttempt(job_id=job.id, number=job.attempts, worker=worker, started_at=now, outcome="running"))
             return Claim(job.id, token, job.attempts, job.app, json.loads(job.inputs), job.timeout_seconds,
-                         job.study_uid, job.patient_id, job.model_version, aware(job.triggered_at))
+                         job.study_uid, job.patient_id, job.model_version, aware(job.triggered_at), job.shadow)
 
     def renew(self, job_id: int, token: str) -> tuple[bool, bool]:
         """Extend the lease: ``(still held, cancel requested)``."""
@@ -180,12 +184,14 @@ class JobQueue:
                             demonstration=bool(model.get("demonstration", False)),
                             content=json.dumps(result), arrays=json.dumps(arrays), created_at=now))
             # What it owes its readers, in the same transaction: a succeeded job always has its report (the
-            # reporter builds it and the write-backs, interop.reports.service).
-            s.add(Report(job_id=job.id, app=job.app, model_name=str(model.get("name", "")),
-                         model_version=str(model.get("version", "")),
-                         demonstration=bool(model.get("demonstration", False)), patient_id=job.patient_id,
-                         study_uid=job.study_uid, state="building", priority="routine", critical="[]",
-                         verdicts=0, attempts=0, created_at=now, updated_at=now))
+            # reporter builds it and the write-backs, interop.reports.service). A shadow run never has one: its
+            # result is only compared with the clinical run's (interop.mlops.shadow).
+            if not job.shadow:
+                s.add(Report(job_id=job.id, app=job.app, model_name=str(model.get("name", "")),
+                             model_version=str(model.get("version", "")),
+                             demonstration=bool(model.get("demonstration", False)), patient_id=job.patient_id,
+                             study_uid=job.study_uid, state="building", priority="routine", critical="[]",
+                             verdicts=0, attempts=0, created_at=now, updated_at=now))
             self._close_attempt(s, job, "succeeded", None, 0, now)
             job.state = "succeeded"
             job.finished_at = now
@@ -224,6 +230,33 @@ class JobQueue:
         else:
             job.state = "failed" if outcome == "error" else "dead"
             job.finished_at = now
+
+    def clinical_waiting(self, grace_seconds: float = 2.0) -> bool:
+        """Whether a clinical (not shadow) job has been due for ``grace_seconds`` without a worker taking it:
+        a running shadow run then gives its slot back (interop.jobs.worker)."""
+        before = utcnow() - dt.timedelta(seconds=grace_seconds)
+        with self.db.reading() as s:
+            return s.scalar(select(Job.id).where(
+                Job.shadow.is_(False),
+                ((Job.state == "queued") & (Job.created_at <= before))
+                | ((Job.state == "retrying") & (Job.next_attempt_at <= before))).limit(1)) is not None
+
+    def preempt(self, claim: Claim, reason: str) -> bool:
+        """Give a running shadow job back to the queue (its attempt ends ``preempted``; it gets one attempt
+        more, so preemption never uses up its retries). False without the lease."""
+        now = utcnow()
+        with self.db.writing() as s:
+            job = self._held(s, claim.job_id, claim.token)
+            if job is None:
+                return False
+            self._close_attempt(s, job, "preempted", reason, None, now)
+            job.state = "queued"
+            job.max_attempts += 1
+            job.lease_token = None
+            job.lease_expires_at = None
+            job.lease_owner = None
+            job.dispatched_at = None
+            return True
 
     def reap(self, owner_prefix: str | None = None) -> list[int]:
         """Jobs whose worker is gone: running with an expired lease (or, with ``owner_prefix``, held by this
@@ -362,4 +395,5 @@ def job_dict(job: Job) -> dict[str, Any]:
         "lease_owner": job.lease_owner, "triggered_at": aware(job.triggered_at),
         "created_at": aware(job.created_at), "started_at": aware(job.started_at),
         "finished_at": aware(job.finished_at), "idempotency_key": job.idempotency_key,
+        "shadow": bool(job.shadow), "shadow_of": job.shadow_of,
     }

@@ -50,11 +50,14 @@ class AppSpec:
             log.warning("app %s: %s", self.name, exc)
             return "unavailable"
 
-    def idempotency_key(self, model_version: str, inputs: dict[str, Any]) -> str:
-        """sha256 of app, model version and the exact input (sorted UIDs / Observation versions)."""
-        canon = json.dumps({"app": self.name, "model": model_version,
-                            "inputs": {k: sorted(v) if isinstance(v, list) else v for k, v in inputs.items()}},
-                           sort_keys=True, separators=(",", ":"))
+    def idempotency_key(self, model_version: str, inputs: dict[str, Any], shadow: bool = False) -> str:
+        """sha256 of app, model version and the exact input (sorted UIDs / Observation versions); a shadow
+        run's key differs from the clinical run's of the same version (that version may be activated later)."""
+        doc: dict[str, Any] = {"app": self.name, "model": model_version,
+                               "inputs": {k: sorted(v) if isinstance(v, list) else v for k, v in inputs.items()}}
+        if shadow:
+            doc["shadow"] = True
+        canon = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,7 +95,13 @@ def load_app(folder: Path, models: dict[str, Path], python_path: Path) -> AppSpe
 
 
 class AppRegistry:
-    def __init__(self, apps_dirs: list[Path] | None = None, models: dict[str, Path] | None = None) -> None:
+    def __init__(self, apps_dirs: list[Path] | None = None, models: dict[str, Path] | None = None, *,
+                 installed: list[tuple[str, Path]] | None = None, models_root: Path | None = None) -> None:
+        """``installed`` (``models.installed``) and ``models_root`` (``<data_dir>/models``): more versions of the
+        apps' models besides each app's own bundle (interop.mlops.catalog)."""
+        self.installed = list(installed or [])
+        self.models_root = models_root
+        self._versions: dict[str, dict[str, Any]] | None = None
         self.apps: dict[str, AppSpec] = {}
         bundled = _bundled_apps_dir()
         roots = [(bundled, bundled.parent)] + [(Path(d), Path(d)) for d in apps_dirs or []]
@@ -113,6 +122,40 @@ class AppRegistry:
             return self.apps[name]
         except KeyError:
             raise NotFound(f"no app named {name!r} (known: {', '.join(sorted(self.apps)) or 'none'})") from None
+
+    # -- model versions (interop.mlops.catalog) -------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Look for installed model versions again (after ``interop models install``)."""
+        self._versions = None
+
+    def versions(self, app: str) -> dict[str, Any]:
+        """Version -> :class:`interop.mlops.catalog.ModelVersion` of ``app``'s installed models."""
+        from interop.mlops.catalog import scan
+
+        self.get(app)
+        if self._versions is None:
+            self._versions = scan({n: s.model_path for n, s in self.apps.items()}, self.installed,
+                                  self.models_root)
+        return self._versions.get(app, {})
+
+    def model_path(self, app: str, version: str) -> Path:
+        """The bundle of ``app``'s model ``version``. The app's own bundle is used when it is that version, or
+        when it can't be read and no installed version matches (the run then fails saying why)."""
+        spec = self.get(app)
+        own = spec.model_version()
+        if own == version:
+            return spec.model_path
+        mv = self.versions(app).get(version)
+        if mv is None:
+            self.refresh()  # installed since the last look?
+            mv = self.versions(app).get(version)
+        if mv is not None:
+            return Path(mv.path)
+        if own == "unavailable":
+            return spec.model_path
+        raise NotFound(f"{app} model version {version} is not installed here (installed: "
+                       f"{', '.join(sorted(self.versions(app))) or 'none'})")
 
     def check_rule_apps(self, app_names: list[str]) -> None:
         missing = sorted({a for a in app_names if a not in self.apps})

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -120,7 +120,7 @@ def failure_reason(stderr: str, exit_code: int | None) -> str:
 
 @dataclass
 class RunOutcome:
-    outcome: str  # succeeded | error | timeout | cancelled | lost
+    outcome: str  # succeeded | error | timeout | cancelled | lost | preempted (a shadow run making way)
     reason: str | None = None
     exit_code: int | None = None
 
@@ -202,6 +202,13 @@ class Worker:
         try:
             try:
                 spec = self.registry.get(claim.app)
+                # The model version the job was queued with (interop.mlops: active, pinned or shadow).
+                spec = replace(spec, model_path=self.registry.model_path(claim.app, claim.model_version))
+            except InteropError as exc:
+                state = self.queue.fail(claim, "error", str(exc))
+                log.warning("job %s: %s; now %s", claim.job_id, exc, state)
+                return "error"
+            try:
                 in_dir = scratch / "input"
                 self.prepare_input(spec, claim, in_dir)
             except (InteropError, OSError, ValueError) as exc:
@@ -214,6 +221,11 @@ class Worker:
             outcome = self._execute(claim, spec, in_dir, out_dir, scratch, timeout)
             if outcome.outcome == "lost":
                 return "lost"  # the lease is gone: another run owns the job now
+            if outcome.outcome == "preempted":
+                self.queue.preempt(claim, outcome.reason or "preempted")
+                log.info("job %s (%s, shadow) gave its slot to a clinical job; queued again", claim.job_id,
+                         claim.app)
+                return "preempted"
             if outcome.outcome == "succeeded":
                 try:
                     result = AppResult.read(out_dir)
@@ -264,6 +276,9 @@ class Worker:
             if time.monotonic() - started > timeout:
                 proc.kill()
                 return RunOutcome("timeout", f"the app ran longer than its timeout of {timeout:g} s", None)
+            if claim.shadow and self.queue.clinical_waiting():
+                proc.kill()  # a shadow run never delays clinical work: it runs again when the queue is clear
+                return RunOutcome("preempted", "a clinical job was waiting")
         if code == 0:
             return RunOutcome("succeeded", exit_code=0)
         try:

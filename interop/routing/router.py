@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import and_, or_, select
@@ -24,6 +25,7 @@ from interop.fhir.store import FhirStore
 from interop.jobs.models import RouterCursor
 from interop.jobs.queue import JobQueue, NewJob, aware, utcnow
 from interop.jobs.registry import AppRegistry
+from interop.mlops.registry import ModelRegistry
 from interop.routing.decide import Decision, LabFact, SeriesFacts, StudyFacts, decide_labs, decide_study, lab_codes
 from interop.routing.rules import RuleStore
 from interop.store.db import Database
@@ -56,8 +58,10 @@ def lab_fact(resource: dict[str, Any]) -> LabFact | None:
 class Router:
     def __init__(self, db: Database, fhir: FhirStore, rules: RuleStore, registry: AppRegistry, queue: JobQueue,
                  settings: JobSettings, on_new_jobs: Callable[[list[int]], None] | None = None,
-                 lab_page: int = 2000) -> None:
+                 lab_page: int = 2000, models: ModelRegistry | None = None) -> None:
         self.db = db
+        #: Which model version each rule runs, and which runs in shadow (None: the apps' own bundles).
+        self.models = models
         self.fhir = fhir
         self.rules = rules
         self.registry = registry
@@ -143,7 +147,10 @@ class Router:
             inputs = {"series_uids": list(d.series_uids), "sop_instance_uids": list(d.sop_instance_uids)}
             if d.observations:
                 inputs["observations"] = list(d.observations)
-        version = spec.model_version()
+        if self.models is not None:
+            version, shadow = self.models.resolve(spec.name, d.rule)
+        else:
+            version, shadow = spec.model_version(), None
         job = NewJob(idempotency_key=spec.idempotency_key(version, inputs), app=spec.name, app_version=spec.version,
                      model_version=version, rule=d.rule, trigger=d.trigger, priority=d.priority, inputs=inputs,
                      study_uid=study_uid, patient_id=patient_id, max_attempts=self.settings.max_attempts,
@@ -152,6 +159,13 @@ class Router:
         job_id, created = self.queue.enqueue(job)
         log.info("%s job %s: %s for %s (%s)", "queued" if created else "already have", job_id, d.app,
                  study_uid or patient_ref, d.reason)
+        if created and shadow is not None:
+            # The shadow version on the same input, last in line (interop.mlops): compared, never reported.
+            shadow_id, _ = self.queue.enqueue(replace(
+                job, idempotency_key=spec.idempotency_key(shadow, inputs, shadow=True), model_version=shadow,
+                priority="shadow", shadow=True, shadow_of=job_id))
+            log.info("queued shadow job %s: %s model %s beside job %s (%s)", shadow_id, d.app, shadow, job_id,
+                     version)
         return job_id, created
 
     def study_decisions(self, study_uid: str, ready_at: dt.datetime,

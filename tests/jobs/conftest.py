@@ -26,10 +26,11 @@ from interop.store.instances import InstanceStore
 PROBE_APPS = Path(__file__).parent / "probe_apps"
 
 
-def probe_bundle(root: Path, behaviour: str = "ok", version: str = "1.0", marker_dir: Path | None = None) -> Path:
+def probe_bundle(root: Path, behaviour: str = "ok", version: str = "1.0", marker_dir: Path | None = None,
+                 probability: float = 1.0) -> Path:
     (root / "configs").mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"name": "probe-model", "version": version, "demonstration": True,
-                            "behaviour": behaviour}
+                            "behaviour": behaviour, "probability": probability}
     if marker_dir:
         meta["marker_dir"] = str(marker_dir)
     (root / "configs" / "metadata.json").write_text(json.dumps(meta))

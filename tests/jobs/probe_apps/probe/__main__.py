@@ -1,5 +1,6 @@
 """probe: counts its input files and writes an AppResult; its model bundle's ``behaviour`` makes it fail
-(``raise``), run long (``sleep:<s>``) or die (``exit:<code>``), so the job machinery can be tested."""
+(``raise``), run long (``sleep:<s>``) or die (``exit:<code>``), so the job machinery can be tested; its
+``probability`` (default 1.0) is the one finding's probability, so two versions can agree or not (shadow runs)."""
 
 from __future__ import annotations
 
@@ -35,14 +36,17 @@ def main() -> None:
         os._exit(int(behaviour.split(":")[1]))
     files = sorted(f for f in Path(a.i).rglob("*") if f.is_file())
     info = model_info(a.m)
+    probability = float(meta.get("probability", 1.0))
     result = AppResult(
         app={"name": "probe", "version": "0.0.1"}, model=info.as_dict(), notice=info.notice,
         inputs={"sop_instance_uids": [f.stem for f in files if f.suffix == ".dcm"]},
         measurements=[{"name": "input files", "code": {"system": "urn:probe", "code": "n", "display": "files"},
                        "value": len(files), "unit": "1"}],
         findings=[{"name": "anything", "code": {"system": "urn:probe", "code": "a", "display": "anything"},
-                   "probability": 1.0, "threshold": 0.5, "present": True, "heatmap": "h.npy"}],
+                   "probability": probability, "threshold": 0.5, "present": probability >= 0.5,
+                   "heatmap": "h.npy"}],
         summary=f"{len(files)} input file(s)",
+        monitoring={"input_files": float(len(files))},
     )
     result.write(a.o, {"h.npy": np.full((2, 2), len(files), dtype=np.float32)})
 
