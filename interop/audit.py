@@ -183,6 +183,33 @@ def signoff_event(*, report_id: int, action: str, status_after: str, reader_id: 
     }
 
 
+def authentication_event(*, action: str, username: str, succeeded: bool, client_id: str | None,
+                         client_addr: str | None, at: dt.datetime, display_name: str | None = None,
+                         reason: str | None = None) -> dict[str, Any]:
+    """The AuditEvent of a sign-in to (``login``) or sign-out from (``logout``) the built-in authorization
+    server, pure: DICOM "User Authentication" (DCM 110114) with subtype Login (110122) or Logout (110123), as
+    PS3.15 §A.5.3.21 has it; a refused sign-in is outcome 4 (minor failure) with the reason. ``username`` is
+    what was typed (a refused one may name no user)."""
+    if action not in ("login", "logout"):
+        raise ValueError(f"action must be login or logout, not {action!r}")
+    code, display = ("110122", "Login") if action == "login" else ("110123", "Logout")
+    principal = type("P", (), {"subject": username, "client_id": client_id,
+                               "claims": {"name": display_name} if display_name else {}})()
+    outcome = f"{display} {'succeeded' if succeeded else 'refused'}" + (f": {reason}" if reason else "")
+    return {
+        "resourceType": "AuditEvent",
+        "type": {"system": DCM, "code": "110114", "display": "User Authentication"},
+        "subtype": [{"system": DCM, "code": code, "display": display}],
+        "action": "E",
+        "recorded": at.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "outcome": "0" if succeeded else "4",
+        "outcomeDesc": outcome,
+        "agent": _agents(principal, client_addr),
+        "source": {"observer": {"display": "interop imaging-AI node"},
+                   "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}]},
+    }
+
+
 class AuditTrail:
     """Writes AuditEvents in batches on its own thread (one transaction per batch)."""
 

@@ -7,13 +7,16 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from interop.auth import SIGNING_ROLES, Principal, TokenService
+from interop.auth.compartment import patient_identifier_values
 from interop.auth.roles import check_roles
 from interop.auth.server import AuthorizationServer
 from interop.errors import Forbidden, NotFound, Unauthorized
 from interop.node import Node
+from interop.store.models import Study
 
 # The dependencies below are ``async def`` on purpose: they do no I/O (token checks are ~20 µs of CPU), and a
 # plain ``def`` dependency costs a hop to the thread pool and back on every request.
@@ -128,3 +131,21 @@ AuthServerDep = Annotated[AuthorizationServer, Depends(get_auth_server)]
 CanReadImaging = Annotated[Principal, Depends(require("ImagingStudy", "r"))]
 CanSearchImaging = Annotated[Principal, Depends(require("ImagingStudy", "s"))]
 CanStoreImaging = Annotated[Principal, Depends(require("ImagingStudy", "c"))]
+
+
+def imaging_compartment(node: Node, who: Principal, permission: str = "r") -> frozenset[str] | None:
+    """The DICOM Patient IDs a ``patient/``-scoped token reaches (the identifier values of the patient in
+    context; DICOMweb is the ImagingStudy compartment), or None when the token is not confined to a patient."""
+    return patient_identifier_values(node.fhir, who, "ImagingStudy", permission)
+
+
+def check_study_patient(node: Node, who: Principal, study: str) -> None:
+    """:class:`Forbidden` (403) when ``who`` is confined to a patient and ``study`` is another patient's."""
+    allowed = imaging_compartment(node, who)
+    if allowed is None:
+        return
+    with node.db.reading() as s:
+        patient_id = s.scalar(select(Study.patient_id).where(Study.study_uid == study))
+    if patient_id is None or patient_id not in allowed:
+        raise Forbidden(f"study {study} is not of the patient in context (the token's patient/ scopes reach "
+                        "that patient's studies only)")

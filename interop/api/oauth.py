@@ -13,9 +13,11 @@ All of them are public (no bearer token), except ``/auth/userinfo``.
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import secrets
 from typing import Any
+from urllib.parse import urlencode
 
 from authlib.oauth2.rfc6749.errors import OAuth2Error
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -155,6 +157,9 @@ def _authorize(request: Request, node: Any, server: AuthorizationServer, params:
             return _show_login(request, node, req, error="This sign-in form has expired. Please sign in again.",
                                username=params.get("username", ""), status=400)
         user = server.authenticate(params.get("username", ""), params.get("password", ""))
+        _audit_sign_in(request, node, "login", params.get("username", ""), user is not None, req.client.client_id,
+                       display_name=user.display_name if user is not None else None,
+                       reason=None if user is not None else "wrong user name or password, or account disabled")
         if user is None:
             return _show_login(request, node, req, error="Wrong user name or password, or the account is disabled.",
                                username=params.get("username", ""), status=401)
@@ -172,6 +177,20 @@ def _authorize(request: Request, node: Any, server: AuthorizationServer, params:
         return _error_redirect(req.error(OAuth2Error(error="login_required",
                                                      description="no login session and prompt=none")), post=post)
     return _show_login(request, node, req)
+
+
+def _audit_sign_in(request: Request, node: Any, action: str, username: str, succeeded: bool,
+                   client_id: str | None, *, display_name: str | None = None, reason: str | None = None) -> None:
+    """Record a sign-in or sign-out in the audit trail (when it is on)."""
+    if not node.settings.audit.enabled:
+        return
+    from interop.audit import authentication_event
+
+    node.audit.record(authentication_event(
+        action=action, username=username[:200], succeeded=succeeded, client_id=client_id,
+        client_addr=request.client.host if request.client else None, at=dt.datetime.now(dt.UTC),
+        display_name=display_name,
+        reason=reason))
 
 
 @router.get("/auth/authorize", summary="authorization endpoint (login page)", response_class=HTMLResponse)
@@ -247,11 +266,27 @@ def userinfo(request: Request, node: NodeDep, principal: PrincipalDep, server: A
 
 
 @router.api_route("/auth/logout", methods=["GET", "POST"], summary="end the login session")
-def logout(request: Request, server: AuthServerDep) -> HTMLResponse:
+def logout(request: Request, node: NodeDep, server: AuthServerDep) -> Response:
     """Ends the single sign-on session of this browser (access and refresh tokens already issued stay valid
-    until they expire or are revoked)."""
+    until they expire or are revoked): OpenID Connect RP-Initiated Logout's ``end_session_endpoint``. With
+    ``client_id`` and a ``post_logout_redirect_uri`` registered for that client (one of its redirect URIs) the
+    browser goes back there (with ``state``); otherwise a "signed out" page."""
+    session = server.session_user(request.cookies.get(SESSION_COOKIE))
     server.end_session(request.cookies.get(SESSION_COOKIE))
-    page = _page("Signed out", "<h1>Signed out</h1><p>You are signed out of this node.</p>")
+    params = request.query_params
+    client_id = params.get("client_id")
+    if session is not None:
+        user = session[0]
+        _audit_sign_in(request, node, "logout", user.username, True, client_id, display_name=user.display_name)
+    back = params.get("post_logout_redirect_uri")
+    client = server.client(client_id)
+    page: Response
+    if back and client is not None and client.redirect_uri_for(back, base_url_of(request, node)):
+        state = params.get("state")
+        page = RedirectResponse(back + (("&" if "?" in back else "?") + urlencode({"state": state}) if state else ""),
+                                status_code=303)
+    else:
+        page = _page("Signed out", "<h1>Signed out</h1><p>You are signed out of this node.</p>")
     page.delete_cookie(SESSION_COOKIE, path="/auth")
     return page
 

@@ -20,16 +20,12 @@ from interop.auth import Principal
 router = APIRouter(prefix="/api", tags=["reports"])
 
 
-def patient_ids(node: Any, principal: Principal) -> set[str] | None:
+def patient_ids(node: Any, principal: Principal) -> frozenset[str] | None:
     """For a token confined to one patient (``patient/`` scopes with launch context): that patient's identifier
     values, which is what reports are filed under (the DICOM Patient ID or the MRN). None: not confined."""
-    from interop.auth.compartment import compartment_filter
+    from interop.auth.compartment import patient_identifier_values
 
-    pid = compartment_filter(principal, "DiagnosticReport", "r")
-    if pid is None:
-        return None
-    patient = node.fhir.read("Patient", pid).resource
-    return {str(i["value"]) for i in patient.get("identifier") or [] if i.get("value")}
+    return patient_identifier_values(node.fhir, principal, "DiagnosticReport", "r")
 
 
 def check_report_patient(node: Any, principal: Principal, report_patient: str | None) -> None:

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Query
 from pydantic import AfterValidator, BaseModel
 from sqlalchemy import func, select
 
-from interop.api.deps import CanReadImaging, NodeDep
+from interop.api.deps import CanReadImaging, NodeDep, check_study_patient, imaging_compartment
 from interop.assembly import events_since
-from interop.errors import NotFound
+from interop.errors import Forbidden, NotFound
 from interop.store.models import Instance, Series, Study
 
 router = APIRouter(prefix="/api/studies", tags=["studies"])
@@ -45,12 +45,15 @@ class StudyStateOut(BaseModel):
 @router.get("/events", response_model=list[StudyEventOut])
 def list_events(
     node: NodeDep,
-    _: CanReadImaging,
+    who: CanReadImaging,
     after: Annotated[int, Query(ge=0, description="return events with id greater than this")] = 0,
     kind: Annotated[str | None, Query(pattern="^(ready|reopened)$")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[StudyEventOut]:
-    """Study readiness events, oldest first; page with ``after=<last id>``."""
+    """Study readiness events, oldest first; page with ``after=<last id>``. The log spans patients: not for a
+    token confined to one patient."""
+    if imaging_compartment(node, who) is not None:
+        raise Forbidden("the study event log spans patients; a patient/-scoped token can't read it")
     return [
         StudyEventOut(id=e.id, study_uid=e.study_uid, kind=e.kind, series_count=e.series_count,
                       instance_count=e.instance_count, at=e.at)
@@ -59,12 +62,15 @@ def list_events(
 
 
 @router.get("/{study_uid}", response_model=StudyStateOut)
-def study_state(study_uid: str, node: NodeDep, _: CanReadImaging) -> StudyStateOut:
+def study_state(study_uid: str, node: NodeDep, who: CanReadImaging) -> StudyStateOut:
     """Whether a study is still ``receiving`` or ``ready``, with its counts."""
     with node.db.reading() as s:
         study = s.scalars(select(Study).where(Study.study_uid == study_uid)).one_or_none()
         if study is None:
             raise NotFound(f"study {study_uid} not found")
+    check_study_patient(node, who, study_uid)
+    with node.db.reading() as s:
+        study = s.scalars(select(Study).where(Study.study_uid == study_uid)).one()
         n_series = s.scalar(select(func.count(Series.id)).where(Series.study_pk == study.id)) or 0
         n_inst = s.scalar(select(func.count(Instance.id)).where(Instance.study_pk == study.id)) or 0
         return StudyStateOut(study_uid=study.study_uid, state=study.state, last_received_at=study.last_received_at,

@@ -46,7 +46,7 @@ Viewport = Annotated[str | None, Query(pattern=r"^\d{1,5},\d{1,5}$",
 @router.get("/worklist/counts")
 def worklist_counts(
     node: NodeDep,
-    _: CanReadReports,
+    who: CanReadReports,
     status: Annotated[str | None, Query(description="comma-separated report states; default preliminary")] = None,
     patient_id: str | None = None,
 ) -> dict[str, Any]:
@@ -59,6 +59,11 @@ def worklist_counts(
     if unknown:
         raise InvalidInput(f"unknown report state(s): {', '.join(sorted(unknown))}", expression="status")
     where = [Report.patient_id == patient_id] if patient_id else []
+    from interop.api.reports import patient_ids
+
+    allowed = patient_ids(node, who)
+    if allowed is not None:  # a patient/-scoped token counts its patient's reports only
+        where.append(Report.patient_id.in_(sorted(allowed)))
     received = exists().where(Instance.series_pk == Series.id, Instance.source != "writeback")
     with node.db.reading() as s:
         by_status = dict(s.execute(select(Report.state, func.count()).where(*where).group_by(Report.state)).all())
@@ -95,12 +100,16 @@ def worklist_counts(
 # -- a report's images and overlays --------------------------------------------------------------------------
 
 
-def _report_result(node: Node, report_id: int) -> tuple[Report, AppResult, dict[str, str]]:
-    """The report, its job's result and the result's arrays (file name -> blob key)."""
+def _report_result(node: Node, who: Principal, report_id: int) -> tuple[Report, AppResult, dict[str, str]]:
+    """The report, its job's result and the result's arrays (file name -> blob key); 403 for a
+    ``patient/``-scoped token and another patient's report."""
+    from interop.api.reports import check_report_patient
+
     with node.db.reading() as s:
         report = s.get(Report, report_id)
         if report is None:
             raise NotFound(f"no report {report_id}")
+        check_report_patient(node, who, report.patient_id)
         row = s.scalars(select(JobResult).where(JobResult.job_id == report.job_id)).first()
         if row is None:
             raise NotFound(f"report {report_id} has no result")
@@ -134,11 +143,11 @@ def _png(rgba: np.ndarray) -> Response:
 
 
 @router.get("/reports/{report_id}/overlays")
-def report_overlays(report_id: int, node: NodeDep, _: CanReadReports) -> dict[str, Any]:
+def report_overlays(report_id: int, node: NodeDep, who: CanReadReports) -> dict[str, Any]:
     """The images of a report's result in reading order, each with the rendered URL and the overlays that
     lie on it (heat-maps of findings, the slice of each segmentation); the legends; and which image to show
     first (the slice with most labelled structure, else the image of the most probable present finding)."""
-    report, result, arrays = _report_result(node, report_id)
+    report, result, arrays = _report_result(node, who, report_id)
     uids = list(result.inputs.sop_instance_uids)
     for seg in result.segmentations:  # a segmentation's frame order is the reading order of its slices
         framed = set(seg.referenced_sop_instance_uids)
@@ -204,11 +213,11 @@ def report_overlays(report_id: int, node: NodeDep, _: CanReadReports) -> dict[st
 
 @router.get("/reports/{report_id}/overlays/heatmap/{finding}.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-def heatmap_overlay(report_id: int, finding: str, node: NodeDep, _: CanReadReports,
+def heatmap_overlay(report_id: int, finding: str, node: NodeDep, who: CanReadReports,
                     viewport: Viewport = None) -> Response:
     """A finding's heat-map as a transparent RGBA PNG: the source image's size, or fitted into ``viewport``
     like the rendered frame."""
-    _report, result, arrays = _report_result(node, report_id)
+    _report, result, arrays = _report_result(node, who, report_id)
     found = next((f for f in result.findings if f.name == finding), None)
     if found is None or not found.heatmap:
         raise NotFound(f"report {report_id} has no heat-map of a finding {finding!r}")
@@ -219,11 +228,11 @@ def heatmap_overlay(report_id: int, finding: str, node: NodeDep, _: CanReadRepor
 
 @router.get("/reports/{report_id}/overlays/segmentation/{index}/{frame}.png", response_class=Response,
             responses={200: {"content": {"image/png": {}}}})
-def segmentation_overlay(report_id: int, index: int, frame: int, node: NodeDep, _: CanReadReports,
+def segmentation_overlay(report_id: int, index: int, frame: int, node: NodeDep, who: CanReadReports,
                          viewport: Viewport = None) -> Response:
     """Frame ``frame`` (0-based, on ``referenced_sop_instance_uids[frame]``) of segmentation ``index`` as an
     RGBA PNG, one colour per segment (the manifest's legend)."""
-    _report, result, arrays = _report_result(node, report_id)
+    _report, result, arrays = _report_result(node, who, report_id)
     if not 0 <= index < len(result.segmentations):
         raise NotFound(f"report {report_id} has no segmentation {index}")
     labels = _load_array(node, arrays, result.segmentations[index].file)

@@ -91,3 +91,21 @@ def filter_bundle(bundle: dict[str, Any], patient_id: str) -> dict[str, Any]:
                            or e["resource"].get("resourceType") == "OperationOutcome"
                            or in_compartment(e["resource"], patient_id)]
     return bundle
+
+
+def patient_identifier_values(fhir: Any, principal: Principal, resource: str, permission: str = "r"
+                              ) -> frozenset[str] | None:
+    """For a token confined to one patient for ``resource``/``permission``: the identifier values of that
+    Patient, which is how the node files what is not FHIR (a study's DICOM Patient ID, a report's patient:
+    the MRN). None: not confined. A patient in context that is not (or no longer) in the store reaches
+    nothing (an empty set)."""
+    from interop.errors import Gone, NotFound
+
+    pid = compartment_filter(principal, resource, permission)
+    if pid is None:
+        return None
+    try:
+        patient = fhir.read("Patient", pid).resource
+    except (NotFound, Gone):
+        return frozenset()
+    return frozenset(str(i["value"]) for i in patient.get("identifier") or [] if i.get("value"))

@@ -28,7 +28,8 @@ OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-u
 def endpoints(base_url: str) -> dict[str, str]:
     base = base_url.rstrip("/")
     return {"authorize": f"{base}/auth/authorize", "token": f"{base}/auth/token",
-            "revoke": f"{base}/auth/revoke", "jwks": f"{base}/auth/jwks", "userinfo": f"{base}/auth/userinfo"}
+            "revoke": f"{base}/auth/revoke", "jwks": f"{base}/auth/jwks", "userinfo": f"{base}/auth/userinfo",
+            "logout": f"{base}/auth/logout"}
 
 
 def smart_configuration(base_url: str, issuer: str) -> dict[str, Any]:
@@ -59,6 +60,7 @@ def openid_configuration(base_url: str, issuer: str) -> dict[str, Any]:
         "revocation_endpoint": e["revoke"],
         "userinfo_endpoint": e["userinfo"],
         "jwks_uri": e["jwks"],
+        "end_session_endpoint": e["logout"],  # OpenID Connect RP-Initiated Logout 1.0
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": GRANT_TYPES,

@@ -7,6 +7,8 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from interop.api.deps import check_study_patient
+from interop.auth import Principal
 from interop.dicomweb.dicomjson import base_url
 from interop.dicomweb.media import DICOM_JSON, MediaRange, parse_accept
 from interop.errors import NotAcceptable, NotFound
@@ -32,12 +34,15 @@ def require_json(ranges: list[MediaRange]) -> None:
     raise NotAcceptable("this resource is available as application/dicom+json only")
 
 
-def locate(node: Node, study: str, series: str | None = None, sop: str | None = None) -> list[StoredInstance]:
-    """The stored instances under a study / series / instance URL; :class:`NotFound` (404) when none."""
+def locate(node: Node, who: Principal, study: str, series: str | None = None,
+           sop: str | None = None) -> list[StoredInstance]:
+    """The stored instances under a study / series / instance URL that ``who`` may read: :class:`NotFound`
+    (404) when none, :class:`Forbidden` (403) for another patient's study and a ``patient/``-scoped token."""
     found = node.store.locate(study, series, sop)
     if not found:
         what = f"instance {sop}" if sop else f"series {series}" if series else f"study {study}"
         raise NotFound(f"{what} not found")
+    check_study_patient(node, who, study)
     return found
 
 

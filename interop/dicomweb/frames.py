@@ -48,11 +48,11 @@ def instance_layout(node: Node, inst: StoredInstance) -> PixelLayout:
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}", summary="Retrieve frames")
 def retrieve_frames(
-    study: str, series: str, instance: str, frames: str, request: Request, node: NodeDep, _: CanReadImaging
+    study: str, series: str, instance: str, frames: str, request: Request, node: NodeDep, who: CanReadImaging
 ) -> StreamingResponse:
     """Frames resource (PS3.18 §10.4.1.1.4): ``frames`` is a comma-separated list of frame numbers."""
     numbers = parse_frame_list(frames)
-    (inst,) = locate(node, study, series, instance)
+    (inst,) = locate(node, who, study, series, instance)
     layout = instance_layout(node, inst)
     check_frames(numbers, layout)
     plan = pixel_plan(accept_ranges(request), layout.transfer_syntax)

@@ -14,7 +14,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from interop.api.deps import CanSearchImaging, NodeDep
+from interop.api.deps import CanSearchImaging, NodeDep, imaging_compartment
+from interop.auth import Principal
 from interop.dicomweb.common import accept_ranges, dicom_json, dicomweb_base, require_json
 from interop.dicomweb.dicomjson import instance_url, series_url, study_url, to_dicom_json
 from interop.node import Node
@@ -26,12 +27,14 @@ router = APIRouter(tags=["dicomweb: QIDO-RS"])
 _NOT_KEYS = {"accept", "charset"}
 
 
-def search(request: Request, node: Node, level: Level, bound: dict[str, str]) -> JSONResponse:
-    """Run a search at ``level``; ``bound`` holds the UIDs the resource path fixes."""
+def search(request: Request, node: Node, who: Principal, level: Level, bound: dict[str, str]) -> JSONResponse:
+    """Run a search at ``level``; ``bound`` holds the UIDs the resource path fixes. A ``patient/``-scoped token
+    finds the studies of the patient in context only (its other matching keys apply within them)."""
     require_json(accept_ranges(request))
     params = [(k, v) for k, v in request.query_params.multi_items() if k.lower() not in _NOT_KEYS]
     params += list(bound.items())  # the path wins over a query parameter naming the same attribute
     q = parse_query(level, params)
+    q.patient_ids = imaging_compartment(node, who, "s")
     with node.db.reading() as session:
         matches = run_query(session, q, header_reader=node.store.read_header_dataset)
     base = dicomweb_base(request, node)
@@ -55,38 +58,38 @@ def search(request: Request, node: Node, level: Level, bound: dict[str, str]) ->
 
 
 @router.get("/studies", summary="Search for studies")
-def search_studies(request: Request, node: NodeDep, _: CanSearchImaging) -> JSONResponse:
+def search_studies(request: Request, node: NodeDep, who: CanSearchImaging) -> JSONResponse:
     """All Studies (PS3.18 Table 10.6.1-1)."""
-    return search(request, node, "STUDY", {})
+    return search(request, node, who, "STUDY", {})
 
 
 @router.get("/studies/{study}/series", summary="Search for a study's series")
-def search_study_series(study: str, request: Request, node: NodeDep, _: CanSearchImaging) -> JSONResponse:
+def search_study_series(study: str, request: Request, node: NodeDep, who: CanSearchImaging) -> JSONResponse:
     """Study's Series (PS3.18 Table 10.6.1-1)."""
-    return search(request, node, "SERIES", {"StudyInstanceUID": study})
+    return search(request, node, who, "SERIES", {"StudyInstanceUID": study})
 
 
 @router.get("/series", summary="Search for series")
-def search_series(request: Request, node: NodeDep, _: CanSearchImaging) -> JSONResponse:
+def search_series(request: Request, node: NodeDep, who: CanSearchImaging) -> JSONResponse:
     """All Series (PS3.18 Table 10.6.1-1)."""
-    return search(request, node, "SERIES", {})
+    return search(request, node, who, "SERIES", {})
 
 
 @router.get("/studies/{study}/series/{series}/instances", summary="Search for a series' instances")
 def search_series_instances(
-    study: str, series: str, request: Request, node: NodeDep, _: CanSearchImaging
+    study: str, series: str, request: Request, node: NodeDep, who: CanSearchImaging
 ) -> JSONResponse:
     """Study Series' Instances (PS3.18 Table 10.6.1-1)."""
-    return search(request, node, "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series})
+    return search(request, node, who, "IMAGE", {"StudyInstanceUID": study, "SeriesInstanceUID": series})
 
 
 @router.get("/studies/{study}/instances", summary="Search for a study's instances")
-def search_study_instances(study: str, request: Request, node: NodeDep, _: CanSearchImaging) -> JSONResponse:
+def search_study_instances(study: str, request: Request, node: NodeDep, who: CanSearchImaging) -> JSONResponse:
     """Study's Instances (PS3.18 Table 10.6.1-1)."""
-    return search(request, node, "IMAGE", {"StudyInstanceUID": study})
+    return search(request, node, who, "IMAGE", {"StudyInstanceUID": study})
 
 
 @router.get("/instances", summary="Search for instances")
-def search_instances(request: Request, node: NodeDep, _: CanSearchImaging) -> JSONResponse:
+def search_instances(request: Request, node: NodeDep, who: CanSearchImaging) -> JSONResponse:
     """All Instances (PS3.18 Table 10.6.1-1)."""
-    return search(request, node, "IMAGE", {})
+    return search(request, node, who, "IMAGE", {})

@@ -89,57 +89,57 @@ def _rendered_many(node: Node, instances: list[StoredInstance], opts: RenderOpti
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered", summary="Render an instance")
 def rendered_instance(
-    study: str, series: str, instance: str, request: Request, node: NodeDep, _: CanReadImaging
+    study: str, series: str, instance: str, request: Request, node: NodeDep, who: CanReadImaging
 ) -> Response:
     """Rendered Instance (PS3.18 §10.4.1.1.3): its first frame."""
-    (inst,) = locate(node, study, series, instance)
+    (inst,) = locate(node, who, study, series, instance)
     return _image(node, inst, 1, options(request))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
             summary="Render a frame")
 def rendered_frames(
-    study: str, series: str, instance: str, frames: str, request: Request, node: NodeDep, _: CanReadImaging
+    study: str, series: str, instance: str, frames: str, request: Request, node: NodeDep, who: CanReadImaging
 ) -> Response:
     """Rendered Frames (PS3.18 §10.4.1.1.3): one frame, since we offer single-frame media types only."""
     numbers = parse_frame_list(frames)
     if len(numbers) != 1:
         raise InvalidInput("rendered frames: give one frame number (only single-frame media types are offered)",
                            expression="frames")
-    (inst,) = locate(node, study, series, instance)
+    (inst,) = locate(node, who, study, series, instance)
     return _image(node, inst, numbers[0], options(request))
 
 
 @router.get("/studies/{study}/series/{series}/rendered", summary="Render a series")
-def rendered_series(study: str, series: str, request: Request, node: NodeDep, _: CanReadImaging) -> StreamingResponse:
+def rendered_series(study: str, series: str, request: Request, node: NodeDep, who: CanReadImaging) -> StreamingResponse:
     """Rendered Series (PS3.18 §10.4.1.1.3): one rendered image per instance."""
-    return _rendered_many(node, locate(node, study, series), options(request))
+    return _rendered_many(node, locate(node, who, study, series), options(request))
 
 
 @router.get("/studies/{study}/rendered", summary="Render a study")
-def rendered_study(study: str, request: Request, node: NodeDep, _: CanReadImaging) -> StreamingResponse:
+def rendered_study(study: str, request: Request, node: NodeDep, who: CanReadImaging) -> StreamingResponse:
     """Rendered Study (PS3.18 §10.4.1.1.3): one rendered image per instance."""
-    return _rendered_many(node, locate(node, study), options(request))
+    return _rendered_many(node, locate(node, who, study), options(request))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail", summary="Instance thumbnail")
 def thumbnail_instance(
-    study: str, series: str, instance: str, request: Request, node: NodeDep, _: CanReadImaging
+    study: str, series: str, instance: str, request: Request, node: NodeDep, who: CanReadImaging
 ) -> Response:
     """Instance Thumbnail (PS3.18 §10.4.1.1.6)."""
-    (inst,) = locate(node, study, series, instance)
+    (inst,) = locate(node, who, study, series, instance)
     return _image(node, inst, 1, options(request, thumbnail=True))
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", summary="Series thumbnail")
-def thumbnail_series(study: str, series: str, request: Request, node: NodeDep, _: CanReadImaging) -> Response:
+def thumbnail_series(study: str, series: str, request: Request, node: NodeDep, who: CanReadImaging) -> Response:
     """Series Thumbnail (PS3.18 §10.4.1.1.6): the middle instance's first frame."""
-    inst = _representative(node, locate(node, study, series))
+    inst = _representative(node, locate(node, who, study, series))
     return _image(node, inst, 1, options(request, thumbnail=True))
 
 
 @router.get("/studies/{study}/thumbnail", summary="Study thumbnail")
-def thumbnail_study(study: str, request: Request, node: NodeDep, _: CanReadImaging) -> Response:
+def thumbnail_study(study: str, request: Request, node: NodeDep, who: CanReadImaging) -> Response:
     """Study Thumbnail (PS3.18 §10.4.1.1.6): the middle instance of the first series with images."""
-    inst = _representative(node, locate(node, study))
+    inst = _representative(node, locate(node, who, study))
     return _image(node, inst, 1, options(request, thumbnail=True))

@@ -65,23 +65,23 @@ def retrieve(request: Request, node: Node, instances: list[StoredInstance]) -> S
 
 
 @router.get("/studies/{study}", summary="Retrieve a study")
-def retrieve_study(study: str, request: Request, node: NodeDep, _: CanReadImaging) -> StreamingResponse:
+def retrieve_study(study: str, request: Request, node: NodeDep, who: CanReadImaging) -> StreamingResponse:
     """Study resource (PS3.18 §10.4.1.1.1)."""
-    return retrieve(request, node, locate(node, study))
+    return retrieve(request, node, locate(node, who, study))
 
 
 @router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
-def retrieve_series(study: str, series: str, request: Request, node: NodeDep, _: CanReadImaging) -> StreamingResponse:
+def retrieve_series(study: str, series: str, request: Request, node: NodeDep, who: CanReadImaging) -> StreamingResponse:
     """Series resource (PS3.18 §10.4.1.1.1)."""
-    return retrieve(request, node, locate(node, study, series))
+    return retrieve(request, node, locate(node, who, study, series))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}", summary="Retrieve an instance")
 def retrieve_instance(
-    study: str, series: str, instance: str, request: Request, node: NodeDep, _: CanReadImaging
+    study: str, series: str, instance: str, request: Request, node: NodeDep, who: CanReadImaging
 ) -> StreamingResponse:
     """Instance resource (PS3.18 §10.4.1.1.1)."""
-    return retrieve(request, node, locate(node, study, series, instance))
+    return retrieve(request, node, locate(node, who, study, series, instance))
 
 
 # -- metadata ------------------------------------------------------------------------------------------
@@ -105,23 +105,23 @@ def metadata(request: Request, node: Node, instances: list[StoredInstance]) -> J
 
 
 @router.get("/studies/{study}/metadata", summary="Retrieve a study's metadata")
-def study_metadata(study: str, request: Request, node: NodeDep, _: CanReadImaging) -> JSONResponse:
+def study_metadata(study: str, request: Request, node: NodeDep, who: CanReadImaging) -> JSONResponse:
     """Study Metadata (PS3.18 §10.4.1.1.2)."""
-    return metadata(request, node, locate(node, study))
+    return metadata(request, node, locate(node, who, study))
 
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve a series' metadata")
-def series_metadata(study: str, series: str, request: Request, node: NodeDep, _: CanReadImaging) -> JSONResponse:
+def series_metadata(study: str, series: str, request: Request, node: NodeDep, who: CanReadImaging) -> JSONResponse:
     """Series Metadata (PS3.18 §10.4.1.1.2)."""
-    return metadata(request, node, locate(node, study, series))
+    return metadata(request, node, locate(node, who, study, series))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", summary="Retrieve an instance's metadata")
 def instance_metadata_route(
-    study: str, series: str, instance: str, request: Request, node: NodeDep, _: CanReadImaging
+    study: str, series: str, instance: str, request: Request, node: NodeDep, who: CanReadImaging
 ) -> JSONResponse:
     """Instance Metadata (PS3.18 §10.4.1.1.2)."""
-    return metadata(request, node, locate(node, study, series, instance))
+    return metadata(request, node, locate(node, who, study, series, instance))
 
 
 # -- bulk data -----------------------------------------------------------------------------------------
@@ -129,10 +129,10 @@ def instance_metadata_route(
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{path:path}", summary="Retrieve bulk data")
 def bulkdata(
-    study: str, series: str, instance: str, path: str, request: Request, node: NodeDep, _: CanReadImaging
+    study: str, series: str, instance: str, path: str, request: Request, node: NodeDep, who: CanReadImaging
 ) -> StreamingResponse:
     """The value a metadata ``BulkDataURI`` names (PS3.18 §10.4.1.1.5, §8.7.3.3)."""
-    (inst,) = locate(node, study, series, instance)
+    (inst,) = locate(node, who, study, series, instance)
     ranges = accept_ranges(request)
     boundary = new_boundary()
     if path.strip("/").upper() == f"{PIXEL_DATA:08X}":

@@ -106,6 +106,9 @@ class Query:
     fuzzy: bool = False
     limit: int | None = None
     offset: int = 0
+    #: When set, only studies of these Patient IDs match (a ``patient/``-scoped token's compartment); an empty
+    #: set matches nothing.
+    patient_ids: frozenset[str] | None = None
 
 
 def keyword_of(key: str) -> str:
@@ -257,6 +260,8 @@ def _select(q: Query) -> Any:
             .join(Study, Instance.study_pk == Study.id)
         )
     conds = [c for kw, v in q.match.items() if (c := _condition(ATTRS[kw], v, q.fuzzy)) is not None]
+    if q.patient_ids is not None:
+        conds.append(Study.patient_id.in_(sorted(q.patient_ids)))
     if conds:
         stmt = stmt.where(*conds)
     if q.level == "STUDY":

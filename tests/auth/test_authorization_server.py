@@ -334,3 +334,40 @@ def test_smart_configuration_says_what_is_supported(node: ServerProc) -> None:
     jwks = httpx.get(conf["jwks_uri"]).json()
     assert [k["kty"] for k in jwks["keys"]] == ["RSA"] and "d" not in jwks["keys"][0]
 
+
+
+def test_sign_in_and_out_are_audited_and_logout_returns_to_a_registered_uri(node: ServerProc,
+                                                                            http: httpx.Client) -> None:
+    """DICOM "User Authentication" AuditEvents (DCM 110114, Login 110122 / Logout 110123), a refused sign-in
+    as outcome 4; the end_session_endpoint sends the browser back only to the client's registered URI."""
+    assert httpx.get(f"{node.base_url}/.well-known/openid-configuration").json()["end_session_endpoint"] \
+        == f"{node.base_url}/auth/logout"
+    wrong = submit_login(http, login_form(http, authorize_params(node, pkce=Pkce())), "jane", "not her password")
+    assert wrong.status_code == 401
+    _code(http, node, Pkce())
+    elsewhere = http.get("/auth/logout", params={"client_id": "interop-worklist",
+                                                 "post_logout_redirect_uri": "https://evil.example/"})
+    assert elsewhere.status_code == 200 and "Signed out" in elsewhere.text  # not a registered URI: no redirect
+    _code(http, node, Pkce())
+    back = http.get("/auth/logout", params={"client_id": "interop-worklist", "state": "s1",
+                                            "post_logout_redirect_uri": f"{node.base_url}/index.html"})
+    assert back.status_code == 303 and back.headers["location"] == f"{node.base_url}/index.html?state=s1"
+    assert "interop_sso" not in http.cookies
+
+    def events(code: str) -> list[dict[str, object]]:
+        got = node.client("system/AuditEvent.rs").get(
+            "/fhir/AuditEvent", params={"subtype": f"http://dicom.nema.org/resources/ontology/DCM|{code}",
+                                        "_count": "100"})
+        assert got.status_code == 200, got.text
+        return [e["resource"] for e in got.json().get("entry", [])]
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(events("110123")) < 2:
+        time.sleep(0.2)  # the trail writes in batches
+    logins, logouts = events("110122"), events("110123")
+    refused = [e for e in logins if e["outcome"] == "4"]
+    assert refused and "refused" in str(refused[0]["outcomeDesc"])
+    ok = [e for e in logins if e["outcome"] == "0" and e["agent"][0]["who"]["identifier"]["value"] == "jane"]  # type: ignore[index]
+    assert len(ok) >= 2 and ok[0]["type"]["code"] == "110114" and ok[0]["agent"][0]["who"]["display"] == "Jane Doe"  # type: ignore[index]
+    assert any(a["who"].get("identifier", {}).get("value") == "interop-worklist" for a in ok[0]["agent"])  # type: ignore[attr-defined]
+    assert len(logouts) >= 2 and all(e["outcome"] == "0" for e in logouts)
