@@ -235,9 +235,7 @@ class AuditTrail:
         if not batch:
             return 0
         try:
-            with self.fhir.db.writing() as s:
-                for event in batch:
-                    self.fhir.create(event, session=s)
+            self.fhir.create_many(batch)  # one transaction, one insert per table
         except Exception as exc:  # the audit trail must never take a request down; say so loudly
             log.error("audit: %d event(s) could not be written: %s", len(batch), exc)
             from interop.metrics import AUDIT_FAILURES
