@@ -11,6 +11,7 @@ fitted into 128×128 unless a ``viewport`` says otherwise.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Request
@@ -57,8 +58,29 @@ def render_frame(node: Node, inst: StoredInstance, number: int, opts: RenderOpti
     return render(arr, node.store.read_header_dataset(inst.blob_key), opts)
 
 
-def _image(node: Node, inst: StoredInstance, number: int, opts: RenderOptions) -> Response:
-    return Response(render_frame(node, inst, number, opts), media_type=opts.media_type)
+#: Rendered images may be kept by the browser that asked (a token-protected response: ``private``) for this
+#: long; after that it revalidates with ``If-None-Match`` and gets 304 without a new rendering.
+CACHE_SECONDS = 300
+
+
+def image_etag(inst: StoredInstance, number: int, opts: RenderOptions) -> str:
+    """A strong validator of one rendered frame: the stored object (blob key and size) and every rendering
+    option; pure."""
+    key = f"{inst.blob_key}|{inst.size}|{inst.transfer_syntax_uid}|{number}|{opts!r}"
+    return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
+
+
+def _image(node: Node, inst: StoredInstance, number: int, opts: RenderOptions,
+           request: Request | None = None) -> Response:
+    """One rendered frame, with an ETag; 304 when the browser already holds it (``If-None-Match``): moving
+    back and forth between cases in the worklist costs no rendering."""
+    etag = image_etag(inst, number, opts)
+    headers = {"ETag": etag, "Cache-Control": f"private, max-age={CACHE_SECONDS}", "Vary": "Accept, Authorization"}
+    if request is not None:
+        wanted = [t.strip() for t in request.headers.get("if-none-match", "").split(",")]
+        if etag in wanted or "*" in wanted:
+            return Response(status_code=304, headers=headers)
+    return Response(render_frame(node, inst, number, opts), media_type=opts.media_type, headers=headers)
 
 
 def _with_pixels(node: Node, instances: list[StoredInstance]) -> list[StoredInstance]:
@@ -93,7 +115,7 @@ def rendered_instance(
 ) -> Response:
     """Rendered Instance (PS3.18 §10.4.1.1.3): its first frame."""
     (inst,) = locate(node, who, study, series, instance)
-    return _image(node, inst, 1, options(request))
+    return _image(node, inst, 1, options(request), request)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered",
@@ -107,7 +129,7 @@ def rendered_frames(
         raise InvalidInput("rendered frames: give one frame number (only single-frame media types are offered)",
                            expression="frames")
     (inst,) = locate(node, who, study, series, instance)
-    return _image(node, inst, numbers[0], options(request))
+    return _image(node, inst, numbers[0], options(request), request)
 
 
 @router.get("/studies/{study}/series/{series}/rendered", summary="Render a series")
@@ -128,18 +150,18 @@ def thumbnail_instance(
 ) -> Response:
     """Instance Thumbnail (PS3.18 §10.4.1.1.6)."""
     (inst,) = locate(node, who, study, series, instance)
-    return _image(node, inst, 1, options(request, thumbnail=True))
+    return _image(node, inst, 1, options(request, thumbnail=True), request)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", summary="Series thumbnail")
 def thumbnail_series(study: str, series: str, request: Request, node: NodeDep, who: CanReadImaging) -> Response:
     """Series Thumbnail (PS3.18 §10.4.1.1.6): the middle instance's first frame."""
     inst = _representative(node, locate(node, who, study, series))
-    return _image(node, inst, 1, options(request, thumbnail=True))
+    return _image(node, inst, 1, options(request, thumbnail=True), request)
 
 
 @router.get("/studies/{study}/thumbnail", summary="Study thumbnail")
 def thumbnail_study(study: str, request: Request, node: NodeDep, who: CanReadImaging) -> Response:
     """Study Thumbnail (PS3.18 §10.4.1.1.6): the middle instance of the first series with images."""
     inst = _representative(node, locate(node, who, study))
-    return _image(node, inst, 1, options(request, thumbnail=True))
+    return _image(node, inst, 1, options(request, thumbnail=True), request)

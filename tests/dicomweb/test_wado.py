@@ -184,6 +184,22 @@ def test_wado_rendered_window_viewport_and_frames(http: httpx.Client) -> None:
     assert http.get(f"{_path(ct)}/rendered", headers={"Accept": "image/gif"}).status_code == 406
 
 
+def test_wado_rendered_images_are_cacheable_and_revalidate_with_304(http: httpx.Client) -> None:
+    """Moving back to a case re-asks for the same images: the browser may keep them (private, for a while),
+    then revalidates by ETag and gets 304 with no body and no rendering; another option is another ETag."""
+    ct = _ds("CT_small.dcm")
+    first = http.get(f"{_path(ct)}/rendered")
+    etag = first.headers["etag"]
+    assert first.status_code == 200 and first.headers["cache-control"].startswith("private, max-age=")
+    again = http.get(f"{_path(ct)}/rendered", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    png = http.get(f"{_path(ct)}/rendered", headers={"Accept": "image/png", "If-None-Match": etag})
+    assert png.status_code == 200 and png.headers["etag"] != etag  # another rendering, another validator
+    small = http.get(f"{_path(ct)}/rendered", params={"viewport": "64,64"}, headers={"If-None-Match": etag})
+    assert small.status_code == 200 and Image.open(io.BytesIO(small.content)).size == (64, 64)
+    assert http.get(f"{_path(ct)}/thumbnail", headers={"If-None-Match": etag}).status_code == 200
+
+
 def test_wado_thumbnails_and_rendered_series(http: httpx.Client, dicomdir_study: list[Path]) -> None:
     ds = dcmread(dicomdir_study[0], stop_before_pixels=True)
     for path in (f"studies/{ds.StudyInstanceUID}/thumbnail",
