@@ -123,7 +123,8 @@ def metadata(request: Request, node: NodeDep) -> Response:
     date = instant(dt.datetime.now(dt.UTC))
     base = base_url(request, node)
     smart = capability_security(base.removesuffix("/fhir")) if node.settings.auth.server.enabled else None
-    return FhirJSONResponse(capability_statement(base, software_version=__version__, date=date, smart=smart))
+    return FhirJSONResponse(capability_statement(base, software_version=__version__, date=date, smart=smart,
+                                                 cors=bool(node.settings.http.cors_origins)))
 
 
 _PERMISSION = {"GET": ("r", "read"), "HEAD": ("r", "read"), "POST": ("c", "create"), "PUT": ("u", "update"),

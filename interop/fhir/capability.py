@@ -50,10 +50,11 @@ def _resource(d: ResourceDef) -> dict[str, Any]:
     }
 
 
-def capability_statement(base: str, *, software_version: str, date: str, smart: dict[str, Any] | None = None
-                         ) -> dict[str, Any]:
+def capability_statement(base: str, *, software_version: str, date: str, smart: dict[str, Any] | None = None,
+                         cors: bool = False) -> dict[str, Any]:
     """The server's CapabilityStatement (kind ``instance``); ``smart``: the SMART ``oauth-uris`` extension and
-    service coding of ``rest.security`` (:func:`interop.auth.discovery.capability_security`)."""
+    service coding of ``rest.security`` (:func:`interop.auth.discovery.capability_security`); ``cors``: whether
+    CORS headers are sent (``http.cors_origins`` is set)."""
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -69,7 +70,7 @@ def capability_statement(base: str, *, software_version: str, date: str, smart: 
             "documentation": "Search: _count (max 1000), _sort (_id, _lastUpdated, date parameters), _include, "
                              "_revinclude, total always given; Prefer: handling=strict|lenient (lenient default).",
             "security": {
-                "cors": False,
+                "cors": cors,
                 **(smart or {}),
                 "description": "Every interaction except /metadata needs an OAuth 2.0 bearer token whose SMART v2 "
                                "scopes grant it (read r, search s, create c, update u, delete d); patient/ "

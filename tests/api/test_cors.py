@@ -33,9 +33,12 @@ def test_listed_origin_gets_preflight_and_response_headers(server_factory: type,
     other = httpx.options(f"{srv.base_url}/fhir/Patient", headers={
         "Origin": "http://evil.example", "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in other.headers
+    # the CapabilityStatement says so
+    assert httpx.get(f"{srv.base_url}/fhir/metadata").json()["rest"][0]["security"]["cors"] is True
 
 
 def test_no_setting_no_cors(tmp_path: Path) -> None:
     c = _client(tmp_path, [])
     r = c.get("/healthz", headers={"Origin": "http://ehr.example"})
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    assert c.get("/fhir/metadata").json()["rest"][0]["security"]["cors"] is False
