@@ -307,7 +307,8 @@ def _models_install(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        dest = install(settings.data_dir / "models", args.app, Path(args.bundle))
+        known = _model_registry(args).apps.versions(args.app)
+        dest = install(settings.data_dir / "models", args.app, Path(args.bundle), known)
     except InteropError as exc:
         return _fail(str(exc))
     print(f"installed at {dest}; activate it with `interop models activate {args.app} <version>` or run it in "

@@ -88,14 +88,18 @@ def scan(defaults: dict[str, Path], entries: list[tuple[str, Path]],
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 
 
-def install(root: Path, app: str, bundle: Path) -> Path:
+def install(root: Path, app: str, bundle: Path, known: dict[str, ModelVersion] | None = None) -> Path:
     """Copy ``bundle`` to ``<root>/<app>/<version>/`` (a temporary folder renamed into place); Conflict when
-    that version is already there."""
+    that version is already there or among ``known`` (the app's versions found elsewhere: a second bundle
+    of the same version would never be used)."""
     try:
         meta = read_metadata(bundle)
     except ModelBundleError as exc:
         raise InvalidInput(str(exc)) from None
     version = str(meta["version"])
+    if known and version in known:
+        raise Conflict(f"{app} model version {version} is already installed at {known[version].path}; give the "
+                       f"new bundle a version of its own (configs/metadata.json)")
     dest = root / app / _SAFE.sub("_", version)
     if dest.exists():
         raise Conflict(f"{app} model version {version} is already installed at {dest}")

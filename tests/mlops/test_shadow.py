@@ -56,6 +56,8 @@ def test_catalog_finds_versions_and_install_refuses_a_second_copy(jobs: Jobs, tm
     assert jobs.registry.model_path("probe", "2.0") == tmp_path / "models" / "probe" / "2.0"
     with pytest.raises(Conflict):
         install(tmp_path / "models", "probe", probe_bundle(tmp_path / "again", version="2.0"))
+    with pytest.raises(Conflict, match="give the new bundle a version of its own"):  # 1.0 is the app's own
+        install(tmp_path / "models", "probe", probe_bundle(tmp_path / "v1b", version="1.0"), versions)
     with pytest.raises(NotFound, match="9.9 is not installed"):
         jobs.registry.model_path("probe", "9.9")
     config_entry = AppRegistry([PROBE_APPS], {"probe": tmp_path / "bundle"},
