@@ -18,12 +18,25 @@ from collections.abc import Callable
 
 from sqlalchemy import func, select
 
-from interop import metrics
+from interop import logs, metrics
 from interop.background import Loop
 from interop.store.db import Database
 from interop.store.models import Instance, Series, Study, StudyEvent
 
 log = logging.getLogger(__name__)
+
+
+def _aware(t: dt.datetime) -> dt.datetime:
+    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t
+
+
+def ready_latency(now: dt.datetime, first_received: dt.datetime, reopened: dt.datetime | None) -> float:
+    """Seconds from the study's first instance (or, for a study a later instance re-opened, that reopening)
+    to ``now``, when it is ready: the ``interop_study_ready_seconds`` histogram."""
+    start = _aware(first_received)
+    if reopened is not None:
+        start = max(start, _aware(reopened))
+    return max(0.0, (now - start).total_seconds())
 
 
 class StudyAssembler:
@@ -89,6 +102,7 @@ class StudyAssembler:
         if not candidates:
             return []
         events: list[StudyEvent] = []
+        waited: list[float] = []
         now = self.clock()
         with self.db.writing() as s:
             for uid in candidates:
@@ -102,18 +116,25 @@ class StudyAssembler:
                     continue
                 n_series = s.scalar(select(func.count(Series.id)).where(Series.study_pk == study.id)) or 0
                 n_inst = s.scalar(select(func.count(Instance.id)).where(Instance.study_pk == study.id)) or 0
+                reopened = s.scalar(select(func.max(StudyEvent.at)).where(StudyEvent.study_uid == uid,
+                                                                            StudyEvent.kind == "reopened"))
+                waited.append(ready_latency(now, study.created_at, reopened))
                 study.state = "ready"
                 ev = StudyEvent(study_uid=uid, kind="ready", series_count=n_series, instance_count=n_inst, at=now)
                 s.add(ev)
                 events.append(ev)
         metrics.STUDIES_READY.inc(len(events))
-        for ev in events:
-            log.info("study %s ready (%d series, %d instances)", ev.study_uid, ev.series_count, ev.instance_count)
-            for listener in self._listeners:
-                try:
-                    listener(ev)
-                except Exception:
-                    log.exception("study-ready listener failed for %s", ev.study_uid)
+        for seconds in waited:
+            metrics.STUDY_READY_SECONDS.observe(seconds)
+        for ev, seconds in zip(events, waited, strict=True):
+            with logs.correlated(logs.study_id(ev.study_uid)):
+                log.info("study ready (%d series, %d instances) %.1f s after its first instance",
+                         ev.series_count, ev.instance_count, seconds)
+                for listener in self._listeners:
+                    try:
+                        listener(ev)
+                    except Exception:
+                        log.exception("study-ready listener failed")
         return events
 
     def start(self, interval: float | None = None) -> None:

@@ -7,7 +7,8 @@
 * ``interop worker``: a Celery inference worker (``jobs.executor = "celery"``);
 * ``interop migrate``: bring the database schema up to date (``serve`` does this too);
 * ``interop store check``: list stored objects that no index row points at (left by a crash);
-* ``interop hl7 replay``: re-process stored HL7 v2 messages; ``interop hl7 check``: full structure check.
+* ``interop hl7 replay``: re-process stored HL7 v2 messages; ``interop hl7 check``: full structure check;
+* ``interop log-id UID``: the correlation id the logs use for a study (interop.logs).
 * ``interop models list|activate|shadow|install``: model versions (interop.mlops);
   ``interop feedback export``: the sign-off feedback table for the apps' train scripts.
 """
@@ -15,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -36,6 +36,31 @@ def _settings(args: argparse.Namespace) -> Settings:
         raise SystemExit(2) from None
 
 
+def _configure_logging(settings: Settings) -> None:
+    """Our handler and format on the root logger (interop.logs); Celery keeps its hands off it (a receiver
+    of its ``setup_logging`` signal stops it from configuring logging itself)."""
+    from interop import logs
+
+    logs.configure(settings.logging.format, settings.log_level_name)
+    try:
+        from celery.signals import setup_logging
+    except ImportError:  # pragma: no cover - celery is a dependency
+        return
+    setup_logging.connect(_keep_logging, weak=False)
+
+
+def _keep_logging(**_: Any) -> None:
+    """Celery's ``setup_logging`` receiver: logging is already configured."""
+
+
+def _log_id(args: argparse.Namespace) -> int:
+    """The correlation id the logs use for a study (interop.logs.study_id)."""
+    from interop.logs import study_id
+
+    print(study_id(args.study_uid))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -43,11 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     from interop.node import Node
 
     settings = _settings(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    _configure_logging(settings)
     node = Node(settings)
     app = create_app(node)
     print(
@@ -57,8 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(app, host=settings.http.host, port=settings.http.port, log_level=settings.log_level.lower(),
-                access_log=False)
+    # log_config=None: uvicorn's own lines go through our handler (and format) instead of its dictConfig.
+    uvicorn.run(app, host=settings.http.host, port=settings.http.port, log_level=settings.log_level_name.lower(),
+                access_log=False, log_config=None)
     return 0
 
 
@@ -66,7 +88,7 @@ def _worker(args: argparse.Namespace) -> int:
     from interop.jobs.celery_app import build_worker_app
 
     settings = _settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(settings)
     if not settings.jobs.broker_url:
         print("interop worker: set jobs.broker_url (INTEROP_JOBS__BROKER_URL) to the Celery broker", file=sys.stderr)
         return 2
@@ -76,7 +98,7 @@ def _worker(args: argparse.Namespace) -> int:
     app = build_worker_app(settings)
     concurrency = args.concurrency or settings.jobs.local_workers
     app.worker_main(["worker", "--pool", "threads", "--concurrency", str(concurrency), "-Q", "interop",
-                     "--loglevel", settings.log_level.upper(), "--without-gossip", "--without-mingle",
+                     "--loglevel", settings.log_level_name, "--without-gossip", "--without-mingle",
                      *(["--hostname", args.hostname] if args.hostname else [])])
     return 0
 
@@ -391,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     la.set_defaults(func=_launch)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_migrate)
+
+    li = sub.add_parser("log-id", help="the correlation id of a study in the logs (a hash of its UID)")
+    li.add_argument("study_uid")
+    li.set_defaults(func=_log_id)
 
     w = sub.add_parser("worker", help="run a Celery inference worker (jobs.executor = celery)")
     w.add_argument("--concurrency", type=int, default=0, help="apps run at once (default jobs.local_workers)")

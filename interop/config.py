@@ -455,6 +455,20 @@ class ModelSettings(_Section):
     drift_min_cases: int = Field(20, ge=1)
 
 
+class LoggingSettings(_Section):
+    """Log lines (interop.logs): ``text`` for a terminal, ``json`` (one object a line, with the study's
+    ``correlation_id``) for a service whose output goes to a log collector."""
+
+    format: Literal["text", "json"] = "text"
+    #: The level; unset, the top-level ``log_level`` (``INTEROP_LOG_LEVEL``) is used.
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = None
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="INTEROP_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -477,6 +491,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     models: ModelSettings = ModelSettings()
     log_level: str = "INFO"
+    logging: LoggingSettings = LoggingSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -504,6 +519,11 @@ class Settings(BaseSettings):
         if self.auth.secret is not None and len(self.auth.secret) < 32:
             raise ValueError("auth.secret must be at least 32 characters (HS256 key)")
         return self
+
+    @property
+    def log_level_name(self) -> str:
+        """The effective log level: ``logging.level``, else ``log_level``."""
+        return (self.logging.level or self.log_level).upper()
 
     @property
     def db_url(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -20,6 +20,13 @@ INSTANCES = Counter("interop_dicom_instances_received", "DICOM instances receive
                     ["source", "outcome"], registry=REGISTRY)
 BYTES = Counter("interop_dicom_bytes_received", "Bytes of DICOM instances stored", ["source"], registry=REGISTRY)
 STUDIES_READY = Counter("interop_studies_ready", "Studies that became ready for routing", registry=REGISTRY)
+STUDY_READY_SECONDS = Histogram("interop_study_ready_seconds",
+                                "From a study's first instance received (or its reopening) to ready for routing",
+                                registry=REGISTRY, buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600))
+ASSOCIATIONS = Counter("interop_dicom_associations", "DICOM associations requested of the listener, by outcome "
+                       "(accepted, rejected) and the reason of a rejection", ["outcome", "reason"], registry=REGISTRY)
+ASSOCIATIONS_ACTIVE = Gauge("interop_dicom_associations_active", "DICOM associations accepted and not yet ended",
+                            registry=REGISTRY)
 HL7_MESSAGES = Counter("interop_hl7_messages", "HL7 v2 messages answered, by message type and ACK code",
                        ["message_type", "ack"], registry=REGISTRY)
 JOB_ATTEMPTS = Counter("interop_job_attempts", "Job attempts ended, by app, model version and outcome",

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from interop import metrics, ui
+from interop import logs, metrics, ui
 from interop.api import errors, health, jobs, models, oauth, reports, studies
 from interop.api import viewer as viewer_api
 from interop.node import Node
@@ -43,6 +43,37 @@ class FhirLatency:
             template = getattr(scope.get("route"), "path", None) or scope["path"]
             interaction = metrics.fhir_interaction(scope["method"], template)
             metrics.FHIR_SECONDS.labels(interaction, f"{status // 100}xx").observe(time.perf_counter() - started)
+
+
+class Correlation:
+    """Every request runs under a correlation id (interop.logs): the caller's ``X-Correlation-ID`` or
+    ``X-Request-ID`` when it is a plain token, else a fresh ``r-`` id. The response names it in
+    ``X-Request-ID``, and in ``X-Correlation-ID`` unless the endpoint set that header to the id of the study
+    or job the response is about (STOW-RS, the jobs API)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = (logs.accept(headers.get(b"x-correlation-id", b"").decode("latin-1"))
+               or logs.accept(headers.get(b"x-request-id", b"").decode("latin-1")) or logs.new_request_id())
+
+        async def send_ids(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                out = list(message.get("headers") or [])
+                names = {k.lower() for k, _ in out}
+                out.append((b"x-request-id", rid.encode()))
+                if b"x-correlation-id" not in names:
+                    out.append((b"x-correlation-id", rid.encode()))
+                message["headers"] = out
+            await send(message)
+
+        with logs.correlated(rid):
+            await self.app(scope, receive, send_ids)
 
 
 def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
@@ -84,8 +115,10 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=node.settings.http.cors_origins,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Accept", "If-Match", "If-None-Exist",
-                                          "Prefer"],
-                           expose_headers=["Location", "ETag", "Content-Location", "Last-Modified"], max_age=600)
+                                          "Prefer", "X-Correlation-ID", "X-Request-ID"],
+                           expose_headers=["Location", "ETag", "Content-Location", "Last-Modified",
+                                           "X-Correlation-ID", "X-Request-ID"], max_age=600)
+    app.add_middleware(Correlation)  # outermost: the audit trail's and every handler's lines carry the id
     # FHIR first: the router tries routes in order, and /fhir (its paths share no prefix with the others) is
     # the busiest API; after the ~50 DICOMweb and /api routes each FHIR request paid for matching them all.
     app.include_router(oauth.smart_router)  # /fhir/.well-known/smart-configuration, before /fhir/{type}/{id}

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
+from interop import logs
 from interop.api.deps import NodeDep, require
 from interop.auth import Principal
 from interop.config import RoutingRule
@@ -23,6 +24,14 @@ router = APIRouter(prefix="/api", tags=["jobs"])
 CanReadJobs = Annotated[Principal, Depends(require("Task", "r"))]
 CanWriteJobs = Annotated[Principal, Depends(require("Task", "c"))]
 CanAdminister = Annotated[Principal, Depends(require("*", "u"))]
+
+
+def with_correlation(response: Response, job: dict[str, Any]) -> dict[str, Any]:
+    """Name the job's correlation id (interop.logs) in ``X-Correlation-ID``: the id its log lines carry."""
+    cid = logs.of_inputs(job.get("inputs"))
+    if cid:
+        response.headers["X-Correlation-ID"] = cid
+    return job
 
 
 @router.get("/apps")
@@ -126,16 +135,16 @@ def request_job(body: JobRequest, node: NodeDep, response: Response, _: CanWrite
         node.jobs.notify()
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/api/jobs/{job_id}"
-    return node.queue.get(job_id)
+    return with_correlation(response, node.queue.get(job_id))
 
 
 @router.get("/jobs/{job_id}")
-def get_job(job_id: int, node: NodeDep, _: CanReadJobs) -> dict[str, Any]:
+def get_job(job_id: int, node: NodeDep, response: Response, _: CanReadJobs) -> dict[str, Any]:
     """A job with every attempt (who ran it, how it ended, why), once succeeded its result, and the
     objects it owes its destinations (SR, SEG) with their delivery state."""
     job = node.queue.get(job_id)
     job["writebacks"] = node.outbox.rows(job_id=job_id)
-    return job
+    return with_correlation(response, job)
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
 import socket
 import threading
 import time as _time
@@ -31,6 +32,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from interop import logs, metrics
 from interop.assembly import StudyAssembler
 from interop.config import DicomSettings
 from interop.errors import InteropError, OutOfResources
@@ -102,7 +104,98 @@ class _Sessions:
             self.assembler.close_session(k)
 
 
+class _Associations:
+    """Accepted associations not yet ended: the active gauge, an id for each (``a-`` + 12 hex digits, on its
+    log lines) and how many instances of which study it delivered, logged per study when it ends: the line
+    that links the association to the study's correlation id."""
+
+    def __init__(self) -> None:
+        self._open: dict[int, tuple[str, dict[str, int]]] = {}
+        self._lock = threading.Lock()
+
+    def accepted(self, assoc: Any) -> str:
+        aid = f"a-{secrets.token_hex(6)}"
+        with self._lock:
+            self._open[id(assoc)] = (aid, {})
+        metrics.ASSOCIATIONS_ACTIVE.inc()
+        return aid
+
+    def id_of(self, assoc: Any) -> str | None:
+        with self._lock:
+            got = self._open.get(id(assoc))
+        return got[0] if got else None
+
+    def stored(self, assoc: Any, study_uid: str) -> str:
+        """Count an instance of ``study_uid``; returns the study's correlation id."""
+        cid = logs.study_id(study_uid)
+        with self._lock:
+            got = self._open.get(id(assoc))
+            if got is not None:
+                got[1][cid] = got[1].get(cid, 0) + 1
+        return cid
+
+    def closed(self, assoc: Any) -> tuple[str, dict[str, int]] | None:
+        with self._lock:
+            got = self._open.pop(id(assoc), None)
+        if got is not None:
+            metrics.ASSOCIATIONS_ACTIVE.dec()
+        return got
+
+
+def reject_reason(calling_ae: str, called_ae: str, *, allowed_aes: list[str], own_ae: str, require_called: bool,
+                  identity_failed: bool, acceptors: int, maximum: int) -> str:
+    """Why pynetdicom rejected an association request (its acceptor checks, in its order: the last that
+    applies is the one it sends, PS3.8 §9.3.4 result/source/diagnostic)."""
+    reason = "other"
+    if allowed_aes and calling_ae.strip() not in [a.strip() for a in allowed_aes]:
+        reason = "calling-ae-not-recognised"
+    if require_called and called_ae.strip() != own_ae.strip():
+        reason = "called-ae-not-recognised"
+    if identity_failed:
+        reason = "user-identity"
+    if acceptors > maximum:
+        reason = "local-limit-exceeded"
+    return reason
+
+
 # -- handlers ------------------------------------------------------------------------------------------
+
+
+def handle_accepted(event: evt.Event, associations: _Associations) -> None:
+    aid = associations.accepted(event.assoc)
+    metrics.ASSOCIATIONS.labels("accepted", "").inc()
+    req = event.assoc.requestor
+    log.info("association from %s (%s) accepted", (req.ae_title or "").strip(), req.address,
+             extra={"association": aid})
+
+
+def handle_rejected(event: evt.Event) -> None:
+    assoc = event.assoc
+    ae = assoc.ae
+    primitive = getattr(assoc.requestor, "primitive", None)
+    reason = reject_reason(
+        str(assoc.requestor.ae_title or ""), str(getattr(primitive, "called_ae_title", "") or ""),
+        allowed_aes=list(ae.require_calling_aet), own_ae=str(assoc.acceptor.ae_title or ""),
+        require_called=bool(ae.require_called_aet), identity_failed=False,
+        acceptors=sum(1 for a in ae.active_associations if a.is_acceptor), maximum=ae.maximum_associations)
+    metrics.ASSOCIATIONS.labels("rejected", reason).inc()
+    log.warning("association from %s (%s) rejected: %s", str(assoc.requestor.ae_title or "").strip(),
+                assoc.requestor.address, reason)
+
+
+def handle_ended(event: evt.Event, associations: _Associations) -> None:
+    """An accepted association's connection closed: one line per study it delivered, under the study's id."""
+    got = associations.closed(event.assoc)
+    if got is None:
+        return
+    aid, studies = got
+    ae = str(event.assoc.requestor.ae_title or "").strip()
+    for cid, n in studies.items():
+        with logs.correlated(cid):
+            log.info("association from %s delivered %d instance(s) of the study", ae, n,
+                     extra={"association": aid})
+    log.info("association from %s ended: %d instance(s) of %d study(ies)", ae, sum(studies.values()),
+             len(studies), extra={"association": aid})
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -110,10 +203,13 @@ def handle_echo(event: evt.Event) -> int:
     return 0x0000
 
 
-def handle_store(event: evt.Event, store: InstanceStore, sessions: _Sessions) -> Dataset:
-    """C-STORE (PS3.4 Annex B): ingest the streamed file; the status follows PS3.4 B.2.3."""
+def handle_store(event: evt.Event, store: InstanceStore, sessions: _Sessions,
+                 associations: _Associations | None = None) -> Dataset:
+    """C-STORE (PS3.4 Annex B): ingest the streamed file; the status follows PS3.4 B.2.3. Lines name the
+    association and, once the instance is read, the study's correlation id; never a UID (interop.logs)."""
     req = cast(C_STORE, event.request)
     requestor = event.assoc.requestor
+    where = {"association": associations.id_of(event.assoc) if associations else None}
     try:
         result = store.ingest(
             event.dataset_path,
@@ -124,18 +220,20 @@ def handle_store(event: evt.Event, store: InstanceStore, sessions: _Sessions) ->
             session_key=sessions.key(event.assoc),
         )
     except InteropError as exc:
-        log.warning("C-STORE %s from %s refused (0x%04X): %s", req.AffectedSOPInstanceUID,
-                    requestor.ae_title, exc.dimse_status, exc.message)
+        log.warning("C-STORE from %s refused (0x%04X): %s", requestor.ae_title, exc.dimse_status, exc.message,
+                    extra=where)
         return _status(exc.dimse_status, exc.message)
     except OSError as exc:
         err = OutOfResources(f"storage failed: {exc.strerror or exc}")
-        log.error("C-STORE %s: %s", req.AffectedSOPInstanceUID, err.message)
+        log.error("C-STORE: %s", err.message, extra=where)
         return _status(err.dimse_status, err.message)
     except Exception:
-        log.exception("C-STORE %s: unexpected failure", req.AffectedSOPInstanceUID)
+        log.exception("C-STORE: unexpected failure", extra=where)
         return _status(0x0110, "processing failure")
+    cid = associations.stored(event.assoc, result.study_uid) if associations else logs.study_id(result.study_uid)
     if result.status != 0x0000:
-        log.warning("C-STORE %s: warning 0x%04X: %s", result.sop_uid, result.status, result.comment)
+        with logs.correlated(cid):
+            log.warning("C-STORE: warning 0x%04X: %s", result.status, result.comment, extra=where)
     return _status(result.status, result.comment if result.status else None)
 
 
@@ -323,6 +421,7 @@ class _Server(ThreadedAssociationServer):
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         if self.allowed_hosts and client_address[0] not in self.allowed_hosts:
+            metrics.ASSOCIATIONS.labels("rejected", "address-not-allowed").inc()
             log.warning("DICOM connection from %s refused: address not allowed", client_address[0])
             return False
         return True
@@ -339,6 +438,7 @@ class DimseListener:
         self.settings = settings
         self.store = store
         self.sessions = _Sessions(assembler)
+        self.associations = _Associations()
         self.header_reader = header_reader
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -373,7 +473,10 @@ class DimseListener:
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, handle_open, [self.settings.poll_seconds]),
             (evt.EVT_C_ECHO, handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.store, self.sessions]),
+            (evt.EVT_C_STORE, handle_store, [self.store, self.sessions, self.associations]),
+            (evt.EVT_ACCEPTED, handle_accepted, [self.associations]),
+            (evt.EVT_REJECTED, handle_rejected),
+            (evt.EVT_CONN_CLOSE, handle_ended, [self.associations]),
             (evt.EVT_C_FIND, handle_find, [self.store.db, self.header_reader, self.settings.ae_title]),
             (evt.EVT_CONN_CLOSE, handle_close, [self.sessions]),
         ]

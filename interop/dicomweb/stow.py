@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from interop import logs
 from interop.api.deps import CanStoreImaging, NodeDep
 from interop.dicomweb.common import dicom_json, dicomweb_base
 from interop.dicomweb.dicomjson import Json, instance_url, study_url
@@ -115,7 +116,7 @@ def ingest_parts(node: Node, parts: list[ReceivedPart], study: str | None, sessi
             )
         except InteropError as exc:
             sop_class, sop_uid = exc.identity
-            log.warning("STOW-RS part %s not stored (%04X): %s", sop_uid or "?", exc.dimse_status, exc.message)
+            log.warning("STOW-RS part not stored (%04X): %s", exc.dimse_status, exc.message)
             failed.append(Failure(exc.dimse_status, exc.message, sop_class, sop_uid))
         except Exception as exc:
             log.exception("STOW-RS part failed")
@@ -152,7 +153,25 @@ async def store(request: Request, node: Node, study: str | None) -> JSONResponse
         receiver.discard()
     status, body = store_response(dicomweb_base(request, node), stored, failed, study)
     log.info("STOW-RS: %d stored, %d failed (HTTP %d)", len(stored), len(failed), status)
-    return dicom_json(body, status)
+    cids = log_studies(stored)
+    response = dicom_json(body, status)
+    if cids:
+        response.headers["X-Correlation-ID"] = ", ".join(cids)
+    return response
+
+
+def log_studies(stored: list[StoreResult]) -> list[str]:
+    """One line per study the request stored instances of, under the study's correlation id and naming the
+    request's (the link from this request to the study's job and results); returns the studies' ids."""
+    request_id = logs.current()
+    counts: dict[str, int] = {}
+    for r in stored:
+        cid = logs.study_id(r.study_uid)
+        counts[cid] = counts.get(cid, 0) + 1
+    for cid, n in counts.items():
+        with logs.correlated(cid):
+            log.info("STOW-RS: %d instance(s) of the study stored", n, extra={"request_id": request_id})
+    return sorted(counts)
 
 
 @router.post("/studies", summary="Store instances (STOW-RS)")

@@ -34,7 +34,7 @@ from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from interop import metrics
+from interop import logs, metrics
 from interop.config import Hl7Settings
 from interop.errors import InteropError
 from interop.hl7v2.ack import Outcome, build_ack
@@ -136,9 +136,17 @@ class MessageLog:
         return self.reply(self.receive(raw, peer))
 
     def reply(self, got: Received) -> bytes:
-        """The ACK for a message's outcome (counted in the metrics)."""
-        metrics.HL7_MESSAGES.labels(got.header.message_type if got.header else "unreadable", got.outcome.code).inc()
-        return self.ack(got.header, got.outcome)
+        """The ACK for a message's outcome (counted in the metrics, and logged under the message's correlation
+        id: its type, sender, ACK code and error code and location, never the error text, which may quote the
+        message's content)."""
+        h = got.header
+        metrics.HL7_MESSAGES.labels(h.message_type if h else "unreadable", got.outcome.code).inc()
+        with logs.correlated(correlation_id(h)):
+            log.info("HL7 %s from %s answered %s%s%s", h.message_type if h else "message", h.sender if h else "?",
+                     got.outcome.code, f" ({got.outcome.error_code} at {got.outcome.location or '-'})"
+                     if got.outcome.error_code else "", " (duplicate)" if got.duplicate else "",
+                     extra={"hl7_message": got.message_id})
+        return self.ack(h, got.outcome)
 
     def ack(self, header: Header | None, outcome: Outcome) -> bytes:
         return build_ack(header, outcome, application=self.application, facility=self.facility)
@@ -365,6 +373,14 @@ class Coalesced:
             hook()
         except Exception:
             log.exception("HL7: the hook after a commit failed")
+
+
+def correlation_id(header: Header | None) -> str | None:
+    """A message's correlation id (interop.logs.hl7_id) from its identity in the log (MSH-3, MSH-4, MSH-10, as
+    stored); None without a control ID."""
+    if header is None or not header.control_id:
+        return None
+    return logs.hl7_id(header.sending_application[:227], header.sending_facility[:227], header.control_id[:199])
 
 
 def _warn_reused(first_raw: bytes, item: Prepared, first_id: int | None) -> None:

@@ -1,7 +1,8 @@
 """The process an app runs in: ``python -m interop.jobs.appproc``.
 
 It imports the heavy parts every app needs (torch, MONAI, the Holoscan-based SDK) first and then waits for
-one job on stdin, a JSON line ``{"module": ..., "argv": [...], "cwd": ..., "stdout": path, "stderr": path}``,
+one job on stdin, a JSON line ``{"module": ..., "argv": [...], "cwd": ..., "stdout": path, "stderr": path,
+"logging": {"format", "level", "correlation_id"}}`` (its log lines then carry the job's correlation id),
 so a worker can start it before a job arrives and the import time (seconds) is not on the job's clock. It runs
 the app module as ``__main__`` (the SDK's ``-i/-o/-m`` arguments) exactly as ``python -m <module>`` would, then
 exits; one process per run, so nothing leaks from one job into the next. The parent sets the 32 MB stack
@@ -50,6 +51,9 @@ def main() -> None:
         os.dup2(f, fd)
         os.close(f)
     os.chdir(job["cwd"])
+    from interop.logs import configure_child
+
+    configure_child(job.get("logging"), job["cwd"])
     for path in reversed(job.get("python_path", [])):
         if path not in sys.path:
             sys.path.insert(0, path)

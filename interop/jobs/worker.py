@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from sqlalchemy import select
 
-from interop import metrics
+from interop import logs, metrics
 from interop.errors import InteropError
 from interop.fhir.store import FhirStore
 from interop.jobs.queue import Claim, JobQueue
@@ -72,7 +72,8 @@ class AppProcess:
 
     def run(self, spec: AppSpec, argv: list[str], cwd: Path, stdout: Path, stderr: Path) -> None:
         line = json.dumps({"module": spec.module, "argv": argv, "cwd": str(cwd), "stdout": str(stdout),
-                           "stderr": str(stderr), "python_path": [str(spec.python_path)]})
+                           "stderr": str(stderr), "python_path": [str(spec.python_path)],
+                           "logging": logs.child_settings()})
         stdin: IO[bytes] | None = self.proc.stdin
         assert stdin is not None
         stdin.write(line.encode() + b"\n")
@@ -181,6 +182,7 @@ class Worker:
         claim = self.queue.claim(self.name, job_id=job_id, apps=apps)
         if claim is None:
             return False
+        context = logs.CORRELATION.set(logs.of_inputs(claim.inputs))  # the job's lines carry its study's id
         log.info("job %s (%s) attempt %d started by %s", claim.job_id, claim.app, claim.attempt, self.name)
         if claim.attempt == 1 and claim.triggered_at is not None:
             waited = (dt.datetime.now(dt.UTC) - claim.triggered_at).total_seconds()
@@ -192,6 +194,7 @@ class Worker:
         finally:
             metrics.JOB_ATTEMPTS.labels(claim.app, claim.model_version, outcome).inc()
             metrics.JOB_SECONDS.labels(claim.app, claim.model_version).observe(time.monotonic() - started)
+            logs.CORRELATION.reset(context)
             self.warm_up()
         return True
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from interop import logs
 from interop.errors import Conflict, InvalidInput, NotFound
 from interop.jobs.models import Job, JobResult, WriteBack
 from interop.jobs.queue import aware, utcnow
@@ -250,19 +251,29 @@ class Reporter:
             (aware(r.updated_at) or now) + dt.timedelta(seconds=min(3600.0, BUILD_BACKOFF_SECONDS * 2 ** r.attempts))
             <= now)]
         for rid in due[:limit]:
-            try:
-                self.build(rid)
-            except Exception as exc:  # the reason is kept on the report; it is tried again later
-                log.warning("report %s could not be built: %s", rid, exc, exc_info=True)
-                with self.db.writing() as s:
-                    r = s.get(Report, rid)
-                    if r is not None:
-                        r.state, r.error = "failed", f"{type(exc).__name__}: {exc}"
-                        r.attempts += 1
-                        r.updated_at = utcnow()
+            with logs.correlated(self.correlation_id(rid)):
+                self._build_or_keep_reason(rid)
         if due and self.on_built:
             self.on_built()
         return len(due[:limit])
+
+    def correlation_id(self, report_id: int) -> str | None:
+        """The correlation id of the report's job (interop.logs)."""
+        with self.db.reading() as s:
+            return logs.of_inputs(s.scalar(select(Job.inputs).join(Report, Report.job_id == Job.id)
+                                           .where(Report.id == report_id)))
+
+    def _build_or_keep_reason(self, rid: int) -> None:
+        try:
+            self.build(rid)
+        except Exception as exc:  # the reason is kept on the report; it is tried again later
+            log.warning("report %s could not be built: %s", rid, exc, exc_info=True)
+            with self.db.writing() as s:
+                r = s.get(Report, rid)
+                if r is not None:
+                    r.state, r.error = "failed", f"{type(exc).__name__}: {exc}"
+                    r.attempts += 1
+                    r.updated_at = utcnow()
 
     def warm(self) -> None:
         """Load the recommender (its embedding model takes seconds) in the background, so that the first
@@ -375,7 +386,8 @@ class SignOffs:
                 session=s)
             out = {"report_id": r.id, "sequence": sequence, "action": action, "status_before": before,
                    "status": after, "verified_sr": sr_uid}
-        log.info("report %s: %s by %s -> %s", report_id, action, reader_id, after)
+        with logs.correlated(logs.of_inputs(inputs)):
+            log.info("report %s: %s by %s -> %s", report_id, action, reader_id, after)
         if self.on_signed:
             self.on_signed()
         return out

@@ -16,12 +16,14 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
+from interop import logs
 from interop.background import Loop
 from interop.config import JobSettings, RoutingRule
 from interop.errors import NotFound
 from interop.fhir.imaging_study import sync_imaging_study
 from interop.fhir.models import FhirResource
 from interop.fhir.store import FhirStore
+from interop.hl7v2.models import Hl7Message
 from interop.jobs.models import RouterCursor
 from interop.jobs.queue import JobQueue, NewJob, aware, utcnow
 from interop.jobs.registry import AppRegistry
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: How far back the Observation cursor re-reads (a write that began before the cursor may commit after it).
 OVERLAP = dt.timedelta(seconds=10)
+#: How long before a lab result's storing the HL7 message that stored it is looked for (its correlation id).
+LAB_ORIGIN_WINDOW = dt.timedelta(seconds=60)
 
 
 def lab_fact(resource: dict[str, Any]) -> LabFact | None:
@@ -151,14 +155,20 @@ class Router:
             version, shadow = self.models.resolve(spec.name, d.rule)
         else:
             version, shadow = spec.model_version(), None
+        # The correlation id rides in the stored inputs, outside the key: the same input is the same job.
+        cid = logs.study_id(study_uid) if study_uid else (
+            logs.current() or logs.job_id(spec.idempotency_key(version, inputs)))
         job = NewJob(idempotency_key=spec.idempotency_key(version, inputs), app=spec.name, app_version=spec.version,
-                     model_version=version, rule=d.rule, trigger=d.trigger, priority=d.priority, inputs=inputs,
+                     model_version=version, rule=d.rule, trigger=d.trigger, priority=d.priority,
+                     inputs={**inputs, "correlation_id": cid},
                      study_uid=study_uid, patient_id=patient_id, max_attempts=self.settings.max_attempts,
                      backoff_seconds=self.settings.backoff_seconds,
                      timeout_seconds=spec.timeout_seconds or self.settings.timeout_seconds, triggered_at=triggered_at)
         job_id, created = self.queue.enqueue(job)
-        log.info("%s job %s: %s for %s (%s)", "queued" if created else "already have", job_id, d.app,
-                 study_uid or patient_ref, d.reason)
+        with logs.correlated(cid):
+            # Not d.reason: it names the matching series by UID (the routing preview API shows it).
+            log.info("%s job %s: %s by rule %s (%s trigger, %s)", "queued" if created else "already have", job_id,
+                     d.app, d.rule, d.trigger, d.priority)
         if created and shadow is not None:
             # The shadow version on the same input, last in line (interop.mlops): compared, never reported.
             shadow_id, _ = self.queue.enqueue(replace(
@@ -186,6 +196,10 @@ class Router:
         return facts, decide_study(rules, facts, labs), patient_ref
 
     def route_study(self, study_uid: str, ready_at: dt.datetime) -> list[int]:
+        with logs.correlated(logs.study_id(study_uid)):
+            return self._route_study(study_uid, ready_at)
+
+    def _route_study(self, study_uid: str, ready_at: dt.datetime) -> list[int]:
         try:
             facts, decisions, patient_ref = self.study_decisions(study_uid, ready_at)
         except NotFound:
@@ -214,11 +228,27 @@ class Router:
             idents = []
         new: list[int] = []
         for d in decide_labs(rules, labs, now):
-            got = self.enqueue(d, study_uid=None, patient_id=idents[0] if idents else patient_ref,
-                               patient_ref=patient_ref, triggered_at=triggered_at or now)
+            origin = self.lab_origin(d.observations, (triggered_at or now) - LAB_ORIGIN_WINDOW)
+            with logs.correlated(origin):
+                got = self.enqueue(d, study_uid=None, patient_id=idents[0] if idents else patient_ref,
+                                   patient_ref=patient_ref, triggered_at=triggered_at or now)
             if got and got[1]:
                 new.append(got[0])
         return new
+
+    def lab_origin(self, observations: tuple[str, ...] | list[str], since: dt.datetime) -> str | None:
+        """The correlation id of the newest HL7 message since ``since`` that wrote one of ``observations``
+        (``Observation/<id>/_history/<v>``; the message log lists the ``Type/id`` each message wrote); None
+        for results that came another way (the FHIR API)."""
+        refs = sorted({"/".join(str(o).split("/")[:2]) for o in observations})
+        if not refs:
+            return None
+        with self.db.reading() as s:
+            row = s.execute(select(Hl7Message.sending_application, Hl7Message.sending_facility, Hl7Message.control_id)
+                            .where(Hl7Message.received_at >= since, Hl7Message.control_id.is_not(None),
+                                   or_(*(Hl7Message.resources.contains(f'"{r}"', autoescape=True) for r in refs)))
+                            .order_by(Hl7Message.id.desc()).limit(1)).first()
+        return logs.hl7_id(row.sending_application, row.sending_facility, row.control_id) if row else None
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -233,7 +263,8 @@ class Router:
             try:
                 sync_imaging_study(self.db, self.fhir, ev.study_uid)
             except Exception:  # the FHIR view must never hold up the AI work
-                log.exception("ImagingStudy for %s not written", ev.study_uid)
+                with logs.correlated(logs.study_id(ev.study_uid)):
+                    log.exception("ImagingStudy not written")
             new += self.route_study(ev.study_uid, aware(ev.at) or utcnow())
             self._save_cursor("study_events", ev.id)
         if any(r.enabled and r.study is None and r.labs is not None for r in self.rules.rules()):

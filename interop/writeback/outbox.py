@@ -36,7 +36,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select
 
-from interop import metrics
+from interop import logs, metrics
 from interop.background import Loop
 from interop.errors import Conflict, NotFound
 from interop.jobs.models import Job, JobResult, WriteBack
@@ -279,14 +279,20 @@ class Outbox:
             self.clients[row.destination].send([ds])
 
     def _deliver(self, row: WriteBack, breaker: CircuitBreaker | None) -> None:
-        error: Exception | None = None
-        try:
-            self._send(row)
-        except Exception as exc:  # any failure is this delivery's outcome, kept on the row
-            error = exc
-            log.warning("write-back %s (%s of job %s to %s) failed: %s", row.id, row.kind, row.job_id,
-                        row.destination, exc)
-        self._finish(row, error, breaker)
+        with logs.correlated(self.correlation_id(row.job_id)):
+            error: Exception | None = None
+            try:
+                self._send(row)
+            except Exception as exc:  # any failure is this delivery's outcome, kept on the row
+                error = exc
+                log.warning("write-back %s (%s of job %s to %s) failed: %s", row.id, row.kind, row.job_id,
+                            row.destination, exc)
+            self._finish(row, error, breaker)
+
+    def correlation_id(self, job_id: int) -> str | None:
+        """The correlation id the job carries (interop.logs): every delivery of its results logs under it."""
+        with self.db.reading() as s:
+            return logs.of_inputs(s.scalar(select(Job.inputs).where(Job.id == job_id)))
 
     def _finish(self, row: WriteBack, error: Exception | None, breaker: CircuitBreaker | None) -> None:
         retryable = not isinstance(error, DeliveryError) or error.retryable
