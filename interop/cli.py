@@ -7,16 +7,20 @@
 * ``interop worker``: a Celery inference worker (``jobs.executor = "celery"``);
 * ``interop migrate``: bring the database schema up to date (``serve`` does this too);
 * ``interop store check``: list stored objects that no index row points at (left by a crash);
+* ``interop retention run [--dry-run]``: delete received images whose results were delivered (retention.*);
 * ``interop hl7 replay``: re-process stored HL7 v2 messages; ``interop hl7 check``: full structure check;
 * ``interop log-id UID``: the correlation id the logs use for a study (interop.logs).
 * ``interop models list|activate|shadow|install``: model versions (interop.mlops);
   ``interop feedback export``: the sign-off feedback table for the apps' train scripts.
+* ``interop doctor``: check the configuration and the peers (interop.doctor);
+  ``interop conformance dicom|fhir``: the DICOM Conformance Statement / CapabilityStatement (interop.conformance).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, get_args
@@ -32,7 +36,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     try:
         return Settings()
     except Exception as exc:  # pydantic ValidationError or a bad config file: say what, then exit
-        print(f"interop: invalid configuration:\n{exc}", file=sys.stderr)
+        from interop.config import config_problems
+
+        source = os.environ.get("INTEROP_CONFIG")
+        where = f" ({source} and INTEROP_* variables)" if source else " (INTEROP_* variables)"
+        print(f"interop: invalid configuration{where}:", file=sys.stderr)
+        for line in config_problems(exc):
+            print(f"  {line}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -79,9 +89,40 @@ def _serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     # log_config=None: uvicorn's own lines go through our handler (and format) instead of its dictConfig.
-    uvicorn.run(app, host=settings.http.host, port=settings.http.port, log_level=settings.log_level_name.lower(),
-                access_log=False, log_config=None)
-    return 0
+    # timeout_graceful_shutdown: HTTP requests in flight at SIGTERM get the grace period, then are cancelled.
+    config = uvicorn.Config(app, host=settings.http.host, port=settings.http.port,
+                            log_level=settings.log_level_name.lower(), access_log=False, log_config=None,
+                            timeout_graceful_shutdown=max(1, round(settings.shutdown.grace_seconds)))
+    server = _graceful_server()(config, node)
+    # uvicorn raises the signal it caught again once it has shut down (to end the process by it, exit status
+    # 128+n); with these handlers in its place that second delivery does nothing and `serve` exits 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _after_shutdown)
+    server.run()
+    return 0 if server.started else 3  # 3: uvicorn's start-up failure (the port taken, the app's start failed)
+
+
+def _after_shutdown(sig: int, _frame: Any) -> None:
+    """The signal uvicorn delivers again after a graceful shutdown: already handled."""
+
+
+def _graceful_server() -> Any:
+    import uvicorn  # only `serve` imports it
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn's server that, on SIGTERM/SIGINT, also stops the node's DICOM and MLLP listeners from
+        accepting at once (uvicorn closes the HTTP socket), so nothing new starts while in-flight work ends."""
+
+        def __init__(self, config: uvicorn.Config, node: Any) -> None:
+            super().__init__(config)
+            self.node = node
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                self.node.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    return GracefulServer
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -230,6 +271,27 @@ def _store_check(args: argparse.Namespace) -> int:
             blobs.delete(key)
     print(f"{len(orphans)} object(s) with no index row{' deleted' if args.delete and orphans else ''}",
           file=sys.stderr)
+    return 0
+
+
+def _retention_run(args: argparse.Namespace) -> int:
+    from interop.retention import Retention
+    from interop.store.blobs import open_blob_store
+    from interop.store.db import Database
+
+    settings = _settings(args)
+    db = Database(settings.db_url)
+    db.migrate()
+    retention = Retention(db, open_blob_store(settings), settings.retention)
+    if args.explain:
+        for d in retention.review():
+            if not d.delete:
+                print(f"kept\t{d.study_uid}\t{d.instances}\t{d.reason}")
+    done = retention.run(dry_run=args.dry_run, limit=args.limit)
+    verb = "would delete" if args.dry_run else "deleted"
+    for d in done:
+        print(f"{verb}\t{d.study_uid}\t{d.instances}\t{d.reason}")
+    print(f"{len(done)} study(ies): {verb} {sum(d.instances for d in done)} instance(s)", file=sys.stderr)
     return 0
 
 
@@ -429,6 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--delete", action="store_true", help="delete them")
     chk.set_defaults(func=_store_check)
 
+    rt = sub.add_parser("retention", help="delete received images whose results were delivered (retention.*)")
+    rt_sub = rt.add_subparsers(dest="retention_command", required=True)
+    rr = rt_sub.add_parser("run", help="one retention pass now (also when retention.enabled is false): prints "
+                                       "each study deleted, with why it was due")
+    rr.add_argument("--dry-run", action="store_true", help="delete nothing; print what a pass would delete")
+    rr.add_argument("--explain", action="store_true", help="also print each study kept, and why")
+    rr.add_argument("--limit", type=int, default=None, help="studies at most (default retention.batch)")
+    rr.set_defaults(func=_retention_run)
+
     h = sub.add_parser("hl7", help="HL7 v2 message log")
     h_sub = h.add_subparsers(dest="hl7_command", required=True)
     rp = h_sub.add_parser("replay", help="re-process stored messages (all, or those selected), oldest first")
@@ -467,7 +538,48 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--format", choices=["csv", "json"], default="csv")
     fe.add_argument("--out", help="file to write (default: standard output)")
     fe.set_defaults(func=_feedback_export)
+
+    dr = sub.add_parser("doctor", help="check the configuration and the peers: database, storage, broker, the "
+                                       "DICOM listener, every write-back destination (C-ECHO, QIDO, FHIR metadata)")
+    dr.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
+    dr.add_argument("--no-listener", action="store_true", help="don't C-ECHO the node's own DICOM listener")
+    dr.set_defaults(func=_doctor)
+
+    cf = sub.add_parser("conformance", help="conformance statements generated from this configuration")
+    cf.add_argument("what", choices=["dicom", "fhir"], help="dicom: the DICOM Conformance Statement (Markdown); "
+                                                            "fhir: the CapabilityStatement (JSON)")
+    cf.add_argument("--out", help="file to write (default: standard output)")
+    cf.add_argument("--base-url", help="the FHIR base URL to state (default: http.public_url)")
+    cf.set_defaults(func=_conformance)
     return p
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from interop.doctor import report, run_checks
+
+    checks = run_checks(_settings(args), timeout=args.timeout, own_listener=not args.no_listener)
+    print(report(checks))
+    failed = [c for c in checks if c.ok is False]
+    print(f"{len(failed)} problem(s)" if failed else "no problems found")
+    return 1 if failed else 0
+
+
+def _conformance(args: argparse.Namespace) -> int:
+    import json
+
+    from interop import __version__, conformance
+
+    settings = _settings(args)
+    if args.what == "dicom":
+        text = conformance.dicom_conformance_statement(settings, version=__version__)
+    else:
+        text = json.dumps(conformance.capability_statement(settings, version=__version__, base_url=args.base_url),
+                          indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    else:
+        print(text)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -423,12 +423,52 @@ class StorageSettings(_Section):
 
     backend: Literal["file", "s3"] = "file"
     s3: S3Settings | None = None
+    #: Free-space watermark of the volume received files land on (the data directory's blobs; for S3 the local
+    #: spool): below ``min_free_bytes`` or ``min_free_percent`` of the volume, whichever is larger, new data is
+    #: refused before it is written (C-STORE A700, STOW-RS 503 with Retry-After, HL7 AE; interop.store.space).
+    #: 0 and 0 turn the check off.
+    min_free_bytes: int = Field(1 << 30, ge=0)
+    min_free_percent: float = Field(5.0, ge=0, lt=100)
 
     @model_validator(mode="after")
     def _s3_named(self) -> StorageSettings:
         if self.backend == "s3" and self.s3 is None:
             raise ValueError("storage.backend = 's3' needs a [storage.s3] section with at least the bucket")
         return self
+
+
+class RetentionSettings(_Section):
+    """Deleting received images once their results are home (interop.retention): a study's instances go
+    ``days`` after the last write-back of its results was delivered, and never before. A study is kept while
+    it is receiving, while any job on it is unfinished, while any write-back of its reports is not ``sent``
+    (pending, retrying, dead), and, with ``require_signoff``, while any of its reports awaits a physician. The
+    reports, the FHIR resources (DiagnosticReport, Observations, ImagingStudy) and this node's own results in
+    the study (SR, SEG, heat-map) stay; the received pixel data goes. ``interop retention run --dry-run``
+    lists what a pass would delete."""
+
+    enabled: bool = False
+    #: Days after the last delivery (and the last sign-off, job and received instance) before deletion.
+    days: float = Field(30.0, gt=0)
+    #: Keep studies whose reports are not yet signed (``preliminary``): a physician may still open the images.
+    require_signoff: bool = True
+    #: Studies that never produced a result (no routing rule matched, or every job failed or was cancelled):
+    #: deleted this many days after their last instance arrived; None keeps them until an operator acts.
+    without_results_days: float | None = Field(None, gt=0)
+    #: Keep this node's own objects in the study (the SR, SEG and heat-map its outbox stored locally); off
+    #: deletes them with the received images (the FHIR results and the reports stay either way).
+    keep_results: bool = True
+    #: How often the server runs a pass.
+    interval_seconds: float = Field(3600.0, gt=0)
+    #: Studies deleted per pass at most (each in its own transaction).
+    batch: int = Field(100, ge=1)
+
+
+class ShutdownSettings(_Section):
+    """What ``interop serve`` does on SIGTERM / SIGINT: stop accepting (DICOM, MLLP, HTTP), let what is in
+    flight finish for at most ``grace_seconds``, hand running jobs back to the queue, flush the audit trail,
+    exit 0."""
+
+    grace_seconds: float = Field(30.0, ge=0)
 
 
 class ModelEntry(_Section):
@@ -490,6 +530,8 @@ class Settings(BaseSettings):
     ohif: OhifSettings = OhifSettings()
     storage: StorageSettings = StorageSettings()
     models: ModelSettings = ModelSettings()
+    retention: RetentionSettings = RetentionSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
     log_level: str = "INFO"
     logging: LoggingSettings = LoggingSettings()
 
@@ -549,6 +591,37 @@ def _check_env_names(cls: type[Settings]) -> None:
     unknown = sorted(k for k in os.environ if k.upper().startswith("INTEROP_") and k.upper() not in known)
     if unknown:
         raise ValueError(f"unknown setting(s) in the environment: {', '.join(unknown)}")
+
+
+#: Keys whose values are never echoed in an error message.
+_SECRET_WORDS = ("secret", "password", "token", "key", "credential")
+
+
+def config_problems(exc: Exception) -> list[str]:
+    """One line per problem of a configuration that did not validate, naming the key (``dicom.port``,
+    ``writeback.destinations[0].url``) and, for a plain value that is no secret, the value given."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return [str(exc)]
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        key = ""
+        for part in err.get("loc", ()):
+            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+        msg = str(err.get("msg", "invalid"))
+        msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            msg = "unknown setting (a typo? see the README's configuration section)"
+        elif kind == "missing":
+            msg = "required, and not given"
+        value = err.get("input")
+        secret = any(w in key.lower() for w in _SECRET_WORDS)
+        if kind not in ("extra_forbidden", "missing") and not secret and isinstance(value, str | int | float):
+            msg += f" (given: {str(value)[:80]!r})" if isinstance(value, str) else f" (given: {value})"
+        lines.append(f"{key}: {msg}" if key else msg)
+    return lines
 
 
 @lru_cache(maxsize=1)

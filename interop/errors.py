@@ -24,6 +24,9 @@ class InteropError(Exception):
     fhir_code: ClassVar[str] = "exception"
     hl7_ack: ClassVar[str] = "AE"
     hl7_error_code: ClassVar[str] = "207"  # Application internal error
+    #: Seconds an HTTP client should wait before trying again (the ``Retry-After`` header, RFC 9110 §10.2.3),
+    #: for errors that pass; None: no header.
+    retry_after_seconds: ClassVar[int | None] = None
 
     def __init__(
         self, message: str, *, expression: str | None = None, identity: tuple[str | None, str | None] = (None, None)
@@ -93,6 +96,14 @@ class OutOfResources(InteropError):
     http_status = 503
     fhir_code = "transient"
     hl7_error_code = "207"
+    retry_after_seconds = 30
+
+
+class InsufficientStorage(OutOfResources):
+    """The node's storage is below its free-space watermark (interop.store.space): new data is refused before
+    any of it is written. C-STORE A700, HTTP 503 with ``Retry-After``, HL7 ``AE`` with ERR-3 207."""
+
+    retry_after_seconds = 60
 
 
 class NotFound(InteropError):
@@ -246,6 +257,7 @@ __all__ = [
     "Forbidden",
     "InteropError",
     "Gone",
+    "InsufficientStorage",
     "InvalidInput",
     "MethodNotAllowed",
     "MessageTooLarge",

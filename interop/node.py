@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
+import time
 
 from interop import metrics
 from interop.assembly import StudyAssembler
@@ -22,14 +24,21 @@ from interop.mlops.drift import DriftMonitor
 from interop.mlops.registry import ModelRegistry
 from interop.mlops.shadow import ShadowMonitor
 from interop.reports.service import Reporter, SignOffs
+from interop.retention import Retention
 from interop.routing.router import Router
 from interop.routing.rules import RuleStore
+from interop.store import space
 from interop.store.blobs import open_blob_store
 from interop.store.db import Database
 from interop.store.instances import InstanceStore
 from interop.writeback.outbox import Outbox, Policy
 
 log = logging.getLogger(__name__)
+
+#: Readiness values that count as ready (``local``: the job broker of the local executor, which has none).
+READY = frozenset({"ok", "local"})
+#: Seconds a readiness check of the job broker may take.
+BROKER_TIMEOUT = 2.0
 
 
 class Node:
@@ -40,6 +49,10 @@ class Node:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.db_url)
         self.blobs = open_blob_store(settings)  # files, or S3 (its bucket checked here: storage.backend)
+        # Below the free-space watermark of the volume received files land on, new data is refused unwritten.
+        self.space = space.SpaceGuard(self.blobs.temp_dir(), min_free_bytes=settings.storage.min_free_bytes,
+                                      min_free_percent=settings.storage.min_free_percent)
+        space.watch(self.space)
         self.assembler = StudyAssembler(self.db, settings.studies.quiet_seconds)
         self.store = InstanceStore(
             self.db,
@@ -47,12 +60,14 @@ class Node:
             duplicate_policy=settings.dicom.duplicate_policy,
             on_study_touched=self.assembler.touch,
         )
+        self.store.admit = self.space.check
         self.tokens = TokenService.from_settings(settings)
         self.fhir = FhirStore(self.db)
         self.dimse = DimseListener(settings.dicom, self.store, self.assembler, self.store.read_header_dataset)
         # HL7 v2: each message and the FHIR resources it maps to are committed together, before AA.
         self.hl7 = MessageLog(self.db, self.fhir.transaction, mapping_options(settings.hl7))
         self.mllp = MllpListener(settings.hl7, self.hl7)
+        self.mllp.admit = self.space.check
         # Routing and jobs: ready studies and completed lab sets become jobs; an executor runs the apps.
         self.apps = AppRegistry(settings.jobs.apps_dirs, settings.jobs.models,
                                 installed=[(m.app, m.path) for m in settings.models.installed],
@@ -93,7 +108,13 @@ class Node:
         self.audit = AuditTrail(self.fhir, flush_seconds=settings.audit.flush_seconds)
         self.signoffs.on_signed = self.outbox.wake
         metrics.watch("reports", self.report_counts)
+        # Received images deleted N days after their results were delivered (interop.retention).
+        self.retention = Retention(self.db, self.blobs, settings.retention, store=self.store)
+        self._retention_loop = Loop("retention", self.retention.run, settings.retention.interval_seconds)
         self.started = False
+        #: Set once a shutdown began (SIGTERM/SIGINT): readiness says so, the listeners accept nothing new.
+        self.stopping = threading.Event()
+        self._stop_deadline: float | None = None
 
     def start(self) -> None:
         self.db.migrate()
@@ -117,11 +138,35 @@ class Node:
             self.audit.start()
         if warm:  # the recommender's model (~0.3 GB) is loaded ahead only where results can come
             self.reporter.warm()
+        if self.settings.retention.enabled:
+            self._retention_loop.start(at_once=True)
+        self.stopping.clear()
+        self._stop_deadline = None
         self.started = True
 
+    def begin_shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting new DICOM associations and MLLP connections now (a signal handler may call this: it
+        does not block); what is in flight may finish until ``grace`` seconds (``shutdown.grace_seconds``)
+        from now, when :meth:`stop` ends it."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        grace = self.settings.shutdown.grace_seconds if grace is None else grace
+        self._stop_deadline = time.monotonic() + grace
+        log.info("shutting down: accepting no new associations, connections or requests; %.0f s for what is "
+                 "in flight", grace)
+        self.mllp.stop_accepting()
+        threading.Thread(target=self.dimse.stop_accepting, name="dimse-stop-accepting", daemon=True).start()
+
     def stop(self) -> None:
-        self.mllp.stop()
-        self.dimse.stop()
+        """Stop every role: the listeners first (in-flight associations and messages finish within the grace
+        period of :meth:`begin_shutdown`, or at once when it was not called), then the background loops; running
+        jobs are handed back to the queue; the audit trail is flushed; the database closed."""
+        deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
+        self.stopping.set()
+        self.mllp.stop(grace=max(0.0, deadline - time.monotonic()))
+        self.dimse.stop(grace=max(0.0, deadline - time.monotonic()))
+        self._retention_loop.stop()
         self.assembler.stop()
         self.router.stop()
         self._shadow_loop.stop()
@@ -130,6 +175,7 @@ class Node:
         self.audit.stop()
         self.db.dispose()
         self.started = False
+        self._stop_deadline = None
 
     def report_counts(self) -> list[tuple[tuple[str, ...], int]]:
         from sqlalchemy import func, select
@@ -165,6 +211,10 @@ class Node:
             out["storage"] = "ok"
         except Exception as exc:
             out["storage"] = f"error: {exc}"
-        out["dicom"] = "ok" if self.started and self.dimse._server is not None else "not listening"
+        out["storage_space"] = self.space.shortage() or "ok"
+        out["broker"] = self.executor.ping(BROKER_TIMEOUT)
+        out["dicom"] = "ok" if self.started and self.dimse.listening else "not listening"
         out["hl7"] = "ok" if self.started and self.mllp.listening else "not listening"
+        if self.stopping.is_set():
+            out["node"] = "shutting down"
         return out

@@ -17,7 +17,9 @@ _FHIR_JSON = "application/fhir+json"
 
 
 def _outcome(err: InteropError) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Bearer realm="interop"'} if err.http_status == 401 else None
+    headers = {"WWW-Authenticate": 'Bearer realm="interop"'} if err.http_status == 401 else {}
+    if err.retry_after_seconds is not None:
+        headers["Retry-After"] = str(err.retry_after_seconds)
     return JSONResponse(err.operation_outcome(), status_code=err.http_status, media_type=_FHIR_JSON,
                         headers=headers)
 

@@ -4,11 +4,13 @@ none of them carries patient data)."""
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from interop import metrics
 from interop.api.deps import NodeDep
+from interop.node import READY
 
 router = APIRouter(tags=["health"])
 
@@ -20,10 +22,12 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(node: NodeDep) -> JSONResponse:
-    """Every dependency answers: 200 when all are ``ok``, 503 otherwise."""
-    checks = node.check_ready()
-    ok = all(v == "ok" for v in checks.values())
+async def readyz(node: NodeDep) -> JSONResponse:
+    """Every dependency answers: 200 when all are ``ok`` (the job broker: ``local`` for the local executor),
+    503 otherwise, with each one's reason. Checks: database, storage (a write), storage_space (the free-space
+    watermark), broker (a connection within 2 s), dicom and hl7 (listening)."""
+    checks = await run_in_threadpool(node.check_ready)  # the broker's check may wait up to its timeout
+    ok = all(v in READY for v in checks.values())
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
 

@@ -442,6 +442,7 @@ class DimseListener:
         self.header_reader = header_reader
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     def _ae(self) -> AE:
         s = self.settings
@@ -459,6 +460,10 @@ class DimseListener:
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
         ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
         return ae
+
+    @property
+    def listening(self) -> bool:
+        return self._server is not None and not self._closed
 
     @property
     def port(self) -> int:
@@ -493,9 +498,30 @@ class DimseListener:
         log.info("DICOM listener %s on %s:%d%s", self.settings.ae_title, self.settings.host, self.port,
                  " (TLS)" if tls else "")
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()  # stops accepting and closes the listening socket
-            for assoc in list(self._server.active_associations):
-                assoc.release()
-            self._server = None
+    def stop_accepting(self) -> None:
+        """Close the listening socket (a new association is refused at connect); open associations go on."""
+        server = self._server
+        if server is not None and not self._closed:
+            self._closed = True
+            server.shutdown()  # ends serve_forever and closes the listening socket
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting, give open associations up to ``grace`` seconds to finish (each C-STORE under way is
+        answered as usual, after its commit), then abort those still open (PS3.8 §7.3 A-ABORT: their sender
+        knows nothing unanswered was acknowledged)."""
+        server = self._server
+        if server is None:
+            return
+        self.stop_accepting()
+        deadline = _time.monotonic() + grace
+        while server.active_associations and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        left = list(server.active_associations)
+        if left:
+            log.warning("shutdown: aborting %d DICOM association(s) still open after %.0f s", len(left), grace)
+        for assoc in left:
+            assoc.abort()
+        for assoc in left:
+            assoc.join(timeout=5)
+        self._server = None
+        self._closed = False

@@ -32,7 +32,7 @@ from interop.dicomweb.common import dicom_json, dicomweb_base
 from interop.dicomweb.dicomjson import Json, instance_url, study_url
 from interop.dicomweb.media import DICOM, parse_media_type, stow_boundary
 from interop.dicomweb.multipart import MultipartReceiver, ReceivedPart
-from interop.errors import InteropError, InvalidInput
+from interop.errors import InteropError, InvalidInput, OutOfResources
 from interop.node import Node
 from interop.store.instances import SUCCESS, StoreResult
 
@@ -141,6 +141,7 @@ async def receive(request: Request, receiver: MultipartReceiver) -> list[Receive
 
 async def store(request: Request, node: Node, study: str | None) -> JSONResponse:
     boundary = stow_boundary(request.headers.get("content-type"))
+    node.space.check()  # below the free-space watermark: 503 + Retry-After before any byte is written
     receiver = MultipartReceiver(boundary, node.blobs.temp_dir())
     session = node.assembler.open_session()
     try:
@@ -154,6 +155,12 @@ async def store(request: Request, node: Node, study: str | None) -> JSONResponse
     status, body = store_response(dicomweb_base(request, node), stored, failed, study)
     log.info("STOW-RS: %d stored, %d failed (HTTP %d)", len(stored), len(failed), status)
     cids = log_studies(stored)
+    if not stored and failed and all(f.reason == OutOfResources.dimse_status for f in failed):
+        # Nothing stored, and only for want of resources (storage down or full): a condition that passes, so
+        # 503 with Retry-After (RFC 9110 §15.6.4), the FailedSOPSequence still saying A700 for each part.
+        response = dicom_json(body, 503)
+        response.headers["Retry-After"] = str(OutOfResources.retry_after_seconds)
+        return response
     response = dicom_json(body, status)
     if cids:
         response.headers["X-Correlation-ID"] = ", ".join(cids)

@@ -22,12 +22,13 @@ import contextlib
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from interop.config import Hl7Settings
 from interop.errors import InteropError, MessageTooLarge
 from interop.hl7v2.group import GroupCommit
-from interop.hl7v2.messages import MessageLog, outcome_of
+from interop.hl7v2.messages import MessageLog, Received, outcome_of
 from interop.hl7v2.mllp import Deframer, Oversized, frame
 from interop.hl7v2.parse import Header, read_header
 from interop.tls import server_context
@@ -51,6 +52,12 @@ class MllpListener:
         self._pool: ThreadPoolExecutor | None = None
         self.group: GroupCommit | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        #: Connections waiting for the first byte of their next message (closed at once by a shutdown).
+        self._idle: set[asyncio.Task[None]] = set()
+        self._draining = False
+        #: Called for each complete frame before it is stored; raising an InteropError answers the message with
+        #: that error instead (the free-space watermark, interop.store.space: AE, ERR-3 207).
+        self.admit: Callable[[], None] | None = None
 
     @property
     def listening(self) -> bool:
@@ -96,15 +103,34 @@ class MllpListener:
             raise failure[0]
         log.info("MLLP listening on %s:%d%s", self.settings.host, self.port, " (TLS)" if self.settings.tls else "")
 
-    def stop(self) -> None:
-        """Stop accepting, end open connections (a frame being processed finishes and is acknowledged)."""
+    def _drain(self) -> None:
+        """(On the loop.) Stop accepting; close the connections waiting for a message; the others close once
+        the message they are receiving or storing is acknowledged."""
+        self._draining = True
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._idle):
+            task.cancel()
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket and the idle connections at once (from any thread); messages under way
+        are still stored and acknowledged."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already stopped
+                loop.call_soon_threadsafe(self._drain)
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop accepting; a message being received or stored gets up to ``grace`` seconds to be acknowledged;
+        then every connection is closed (a frame cut off is not stored, so nothing unacknowledged is kept)."""
         loop = self._loop
         if loop is None or self._thread is None:
             return
 
         async def shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
+            self._drain()
+            if self._connections:
+                await asyncio.wait(set(self._connections), timeout=grace)
             for task in list(self._connections):
                 task.cancel()
             await asyncio.gather(*self._connections, return_exceptions=True)
@@ -112,7 +138,7 @@ class MllpListener:
                 await self._server.wait_closed()
 
         with contextlib.suppress(RuntimeError):  # the loop already stopped
-            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=grace + 10)
         loop.call_soon_threadsafe(loop.stop)
         self._thread.join(timeout=10)
         if self.group is not None:
@@ -121,6 +147,7 @@ class MllpListener:
             self._pool.shutdown(wait=True)
         self._server = None
         self._loop = None
+        self._draining = False
         self._thread = None
 
     # -- one connection --------------------------------------------------------------------------------------
@@ -139,16 +166,23 @@ class MllpListener:
         assert group is not None
         try:
             while True:
+                if not deframer.partial:
+                    if self._draining:
+                        break
+                    self._idle.add(task)
                 try:
                     data = await asyncio.wait_for(reader.read(1 << 16), self.settings.idle_timeout)
                 except TimeoutError:
                     log.info("MLLP %s idle for %.0f s: closing", peer, self.settings.idle_timeout)
                     break
+                finally:
+                    self._idle.discard(task)
                 if not data:
                     break
                 # Every frame of this read is queued first (in order), so pipelined frames share a group.
                 pending = [self._oversized(item) if isinstance(item, Oversized)
-                           else asyncio.wrap_future(group.submit(item, peer)) for item in deframer.feed(data)]
+                           else self._refused(item) or asyncio.wrap_future(group.submit(item, peer))
+                           for item in deframer.feed(data)]
                 for answer in pending:
                     ack = answer if isinstance(answer, bytes) else self.messages.reply(await answer)
                     writer.write(frame(ack))
@@ -162,9 +196,27 @@ class MllpListener:
             pass
         finally:
             self._connections.discard(task)
+            self._idle.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _refused(self, raw: bytes) -> bytes | None:
+        """The ACK refusing ``raw`` unstored when :attr:`admit` says no (e.g. storage nearly full), else None."""
+        if self.admit is None:
+            return None
+        try:
+            self.admit()
+        except InteropError as err:
+            header: Header | None
+            try:
+                header = read_header(raw)
+            except InteropError:
+                header = None
+            log.warning("MLLP: message %s refused unstored: %s", header.control_id if header else "?", err.message)
+            got = Received(header, outcome_of(err), None)
+            return self.messages.reply(got)
+        return None
 
     def _oversized(self, item: Oversized) -> bytes:
         header: Header | None

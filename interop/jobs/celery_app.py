@@ -39,6 +39,8 @@ def make_celery(settings: JobSettings) -> Celery:
 _state = threading.local()
 _lock = threading.Lock()
 _slots = iter(range(1 << 30))
+#: Every pool thread's worker, to hand their jobs back when the worker process shuts down.
+_workers: list[Any] = []
 
 
 def _worker() -> Any:
@@ -67,6 +69,7 @@ def _worker() -> Any:
                 prewarm=settings.jobs.prewarm, env=dict(os.environ),
             )
             _state.worker.warm_up()
+            _workers.append(_state.worker)
         return _state.worker
 
 
@@ -76,7 +79,18 @@ def run_job(job_id: int) -> str:
     return "ran" if ran else "not due"
 
 
+def hand_back_all(**_: Any) -> None:
+    """Celery's ``worker_shutting_down`` (SIGTERM, SIGINT): stop the running apps and hand their jobs back to
+    the queue, so the server dispatches them again at once instead of after the lease expires; the tasks then
+    end and Celery's warm shutdown does not wait out an inference."""
+    for worker in list(_workers):
+        worker.hand_back()
+
+
 def build_worker_app(settings: Settings) -> Celery:
+    from celery.signals import worker_shutting_down
+
+    worker_shutting_down.connect(hand_back_all, weak=False)
     app = make_celery(settings.jobs)
     app.task(name="interop.run_job", acks_late=True, reject_on_worker_lost=True)(run_job)
     return app

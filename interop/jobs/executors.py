@@ -47,6 +47,34 @@ class Executor(Protocol):
     def notify(self) -> None:
         """New or newly due jobs exist."""
 
+    def ping(self, timeout: float) -> str:
+        """The job broker's readiness: ``ok``, ``local`` (no broker: the local executor) or why not."""
+
+
+def broker_ping(url: str, timeout: float) -> str:
+    """Connect to a Celery broker (Redis or AMQP) and close again: ``ok`` or the reason, within about
+    ``timeout`` seconds (the connection runs in a daemon thread that is not waited for beyond it)."""
+    from concurrent.futures import Future
+
+    from kombu import Connection
+
+    done: Future[str] = Future()
+
+    def connect() -> None:
+        try:
+            with Connection(url, connect_timeout=timeout, transport_options={
+                    "socket_timeout": timeout, "socket_connect_timeout": timeout}) as conn:
+                conn.ensure_connection(max_retries=0, timeout=timeout)
+            done.set_result("ok")
+        except Exception as exc:
+            done.set_result(f"error: {type(exc).__name__}: {exc}")
+
+    threading.Thread(target=connect, name="broker-ping", daemon=True).start()
+    try:
+        return done.result(timeout=timeout + 0.5)
+    except TimeoutError:
+        return f"error: no answer from the broker within {timeout:g} s"
+
 
 class LocalExecutor:
     def __init__(self, settings: JobSettings, make_worker: type[Worker] | None = None, *, db: Database,
@@ -105,8 +133,15 @@ class LocalExecutor:
             t.start()
             self._threads.append(t)
 
+    def ping(self, timeout: float) -> str:
+        return "local"
+
     def stop(self) -> None:
+        """Stop the slots: each running app is stopped and its job handed back to the queue (no waiting for
+        the lease to expire); the slots' threads end."""
         self._stop.set()
+        for w in self.workers:
+            w.hand_back()
         self.notify()
         for t in self._threads:
             t.join(timeout=15)
@@ -139,6 +174,10 @@ class CeleryExecutor:
 
     def start(self, warm: bool = True) -> None:
         self._loop.start(at_once=True)
+
+    def ping(self, timeout: float) -> str:
+        """``ok`` when the broker takes a connection within ``timeout`` seconds, else why not (readiness)."""
+        return broker_ping(str(self.settings.broker_url), timeout)
 
     def stop(self) -> None:
         self._loop.stop()

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -156,6 +157,9 @@ class Worker:
         self.prewarm = prewarm
         self.env = env
         self._spare: AppProcess | None = None
+        #: Set by :meth:`hand_back` (the process is stopping): the running app is stopped and its job given back.
+        self._handing_back = threading.Event()
+        self._running: AppProcess | None = None
         self.renew_interval = max(0.2, min(5.0, queue.lease.total_seconds() / 3))
 
     # -- the spare process ----------------------------------------------------------------------------------
@@ -169,6 +173,14 @@ class Worker:
         if spare is not None and spare.alive():
             return spare
         return AppProcess(self.env, list(self.registry.apps.values()) if self.prewarm else None)
+
+    def hand_back(self) -> None:
+        """Stop now (from another thread): the running app is killed and its job handed back to the queue, so
+        another worker starts it at once; a finished run's result is still recorded. For graceful shutdown."""
+        self._handing_back.set()
+        running = self._running
+        if running is not None:
+            running.kill()
 
     def close(self) -> None:
         if self._spare is not None:
@@ -195,7 +207,8 @@ class Worker:
             metrics.JOB_ATTEMPTS.labels(claim.app, claim.model_version, outcome).inc()
             metrics.JOB_SECONDS.labels(claim.app, claim.model_version).observe(time.monotonic() - started)
             logs.CORRELATION.reset(context)
-            self.warm_up()
+            if not self._handing_back.is_set():
+                self.warm_up()
         return True
 
     def _run(self, claim: Claim) -> str:
@@ -222,6 +235,12 @@ class Worker:
             out_dir.mkdir()
             timeout = claim.timeout_seconds
             outcome = self._execute(claim, spec, in_dir, out_dir, scratch, timeout)
+            if outcome.outcome == "released":
+                # Another worker (or this node after its restart) takes it at once, not after the lease expires;
+                # the interrupted attempt does not count against its retries.
+                self.queue.preempt(claim, outcome.reason or "handed back")
+                log.info("job %s (%s) handed back to the queue: %s", claim.job_id, claim.app, outcome.reason)
+                return "released"
             if outcome.outcome == "lost":
                 return "lost"  # the lease is gone: another run owns the job now
             if outcome.outcome == "preempted":
@@ -256,12 +275,19 @@ class Worker:
                  timeout: float) -> RunOutcome:
         stdout, stderr = scratch / "app.stdout", scratch / "app.stderr"
         proc = self._process()
+        self._running = proc
+        if self._handing_back.is_set():
+            proc.kill()
+            self._running = None
+            return RunOutcome("released", "the worker stopped (graceful shutdown) before the app started")
         argv = ["-i", str(in_dir), "-o", str(out_dir), "-m", str(spec.model_path)]
         started = time.monotonic()
         try:
             proc.run(spec, argv, scratch, stdout, stderr)
         except OSError as exc:  # the spare died before it got the job
             proc.kill()
+            if self._handing_back.is_set():
+                return RunOutcome("released", "the worker stopped (graceful shutdown) before the app started")
             return RunOutcome("error", f"could not start the app: {exc}")
         while True:
             try:
@@ -282,6 +308,9 @@ class Worker:
             if claim.shadow and self.queue.clinical_waiting():
                 proc.kill()  # a shadow run never delays clinical work: it runs again when the queue is clear
                 return RunOutcome("preempted", "a clinical job was waiting")
+        self._running = None
+        if code != 0 and self._handing_back.is_set():
+            return RunOutcome("released", "the worker stopped (graceful shutdown); the job was handed back")
         if code == 0:
             return RunOutcome("succeeded", exit_code=0)
         try:

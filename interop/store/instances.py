@@ -88,6 +88,11 @@ def _insert_ignore(conn: Connection, model: type[Any], values: dict[str, Any], k
     conn.execute(ins.values(**values).on_conflict_do_nothing(index_elements=[key]))
 
 
+def _foreign_key_violation(exc: IntegrityError) -> bool:
+    """SQLite's "FOREIGN KEY constraint failed", PostgreSQL's SQLSTATE 23503."""
+    return getattr(exc.orig, "sqlstate", None) == "23503" or "FOREIGN KEY" in str(exc.orig)
+
+
 def _study_values(h: InstanceHeader, now: dt.datetime) -> dict[str, Any]:
     return {
         "study_uid": h.study_uid,
@@ -156,6 +161,9 @@ class InstanceStore:
         self.on_study_touched = on_study_touched
         #: Stamps arrivals (``last_received_at``); study assembly compares it with its own clock.
         self.clock = clock
+        #: Called before anything of an instance is stored; raises to refuse it (the free-space watermark,
+        #: interop.store.space).
+        self.admit: Callable[[], None] | None = None
         self._header_cache = lru_cache(maxsize=2048)(self._read_header_uncached)
         #: Committed primary keys by UID, so a study's later instances skip the look-ups.
         self._study_pks: dict[str, int] = {}
@@ -209,6 +217,8 @@ class InstanceStore:
         expected_study_uid: str | None,
         session_key: str | None,
     ) -> StoreResult:
+        if self.admit is not None:
+            self.admit()
         # One pass: a data set cut short anywhere is refused (C210) before any attribute is judged (A900).
         h = read_header(path)
         for expected, actual, what, keyword in (
@@ -224,7 +234,15 @@ class InstanceStore:
         key = self.blobs.new_key()
         self.blobs.put_file(path, key)
         try:
-            self._index(h, key, source, calling_ae)
+            try:
+                self._index(h, key, source, calling_ae)
+            except IntegrityError as exc:
+                if not _foreign_key_violation(exc):
+                    raise
+                # The cached study/series keys name rows deleted since (retention, maybe by another process):
+                # look them up again.
+                self.forget_study(h.study_uid)
+                self._index(h, key, source, calling_ae)
         except IntegrityError as exc:
             # The SOP Instance UID is stored already (the unique index says so; no look-up on the hot path).
             return self._arrived_again(h, key, source, calling_ae, exc)
@@ -296,8 +314,8 @@ class InstanceStore:
         """Commit the index rows for one instance (insert, or with ``replace_pk`` update that row).
 
         The common case is two statements: insert the instance, stamp the study. Study and series keys
-        are cached once committed (rows are never renumbered; a future retention job calls
-        :meth:`forget_study`).
+        are cached once committed (rows are never renumbered; retention deletes them, and an insert that then
+        fails on a foreign key makes :meth:`_ingest` forget the cached keys and index again).
         """
         now = self.clock()
         with self.db.write_tx() as s:

@@ -18,7 +18,8 @@ def test_healthz_and_readyz_answer_without_token(server: ServerProc) -> None:
     assert httpx.get(f"{server.base_url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server.base_url}/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "storage": "ok", "dicom": "ok", "hl7": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "storage": "ok", "storage_space": "ok", "broker": "local",
+                                      "dicom": "ok", "hl7": "ok"}
 
 
 def test_api_without_token_is_401_operation_outcome(server: ServerProc) -> None:
