@@ -375,6 +375,10 @@ def dimse_status_retryable(status: int) -> bool:
     return status in _RETRYABLE_DIMSE
 
 
+#: Verification SOP Class (PS3.4 Annex A).
+VERIFICATION = "1.2.840.10008.1.1"
+
+
 def _transfer_syntax(ds: Dataset) -> UID:
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
@@ -487,16 +491,25 @@ class DicomDestination(_Named):
     def send(self, datasets: Sequence[Dataset]) -> None:
         """Store every data set; raise :class:`DeliveryError` naming each one the PACS did not take.
         Warning statuses (B000, B006, B007) count as stored."""
-        from pynetdicom import AE, evt
-
         if not datasets:
             return
-        c = self._config
         items = [_with_file_meta(ds) for ds in datasets]
         contexts = presentation_contexts(items)
         if len(contexts) > MAX_CONTEXTS:
             raise self._error(f"{len(contexts)} presentation contexts needed, one association takes "
                               f"{MAX_CONTEXTS}: send fewer SOP classes at once", retryable=False)
+        assoc = self._associate(contexts)
+        try:
+            self._store_all(assoc, items)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _associate(self, contexts: list[tuple[str, list[str]]]) -> Any:
+        """An established association proposing ``contexts``; :class:`DeliveryError` saying why not."""
+        from pynetdicom import AE, evt
+
+        c = self._config
         ae = AE(ae_title=c.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = c.timeout_seconds
         ae.connection_timeout = c.timeout_seconds
@@ -519,11 +532,24 @@ class DicomDestination(_Named):
             # A-ASSOCIATE negotiation runs in this thread, the transport connect in the DUL's.
             threads = {threading.get_ident(), assoc.ident, assoc.dul.ident}
             raise self._association_failed(assoc, captured.messages(threads), connected.is_set())
+        return assoc
+
+    def check(self) -> str:
+        """C-ECHO (PS3.4 Annex A) as the results will be sent (calling AE, TLS): what ``interop doctor``
+        reports; :class:`DeliveryError` when the PACS can't be reached or refuses us."""
+        assoc = self._associate([(VERIFICATION, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])])
         try:
-            self._store_all(assoc, items)
+            if not assoc.accepted_contexts:
+                raise self._error(f"{self._where} accepted the association but not Verification", retryable=False)
+            rsp = assoc.send_c_echo()
+            status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
         finally:
             if assoc.is_established:
                 assoc.release()
+        if status != 0:
+            raise self._error(f"C-ECHO to {self._where}: " + ("no response" if status is None
+                                                              else f"status 0x{status:04X}"), retryable=True)
+        return f"C-ECHO to {self._where} as {self._config.calling_ae}: success"
 
     def _store_all(self, assoc: Any, items: list[Dataset]) -> None:
         accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
@@ -768,6 +794,18 @@ class DicomwebDestination(_HttpDestination):
         super().__init__(config, transport=transport)
         self._headers, self._auth = _static_auth(config.auth)
 
+    def check(self) -> str:
+        """A QIDO-RS search for one study with the destination's credentials: the service answers and lets
+        us in (``interop doctor``); :class:`DeliveryError` otherwise."""
+        url = self._config.url.rstrip("/") + "/studies"
+        what = "DICOMweb search"
+        resp = self._request("GET", url, what, params={"limit": "1"},
+                             headers={**self._headers, "Accept": "application/dicom+json"},
+                             auth=self._auth or httpx.USE_CLIENT_DEFAULT)
+        if resp.status_code not in (200, 204):
+            raise self._refused(what, resp)
+        return f"QIDO-RS {url}: HTTP {resp.status_code}"
+
     def send(self, datasets: Sequence[Dataset]) -> None:
         """Store every data set; raise :class:`DeliveryError` on an HTTP error or a FailedSOPSequence item."""
         if not datasets:
@@ -911,6 +949,42 @@ class FhirDestination(_HttpDestination):
         else:
             super().__init__(config, transport=transport)
         self._headers, self._auth = _static_auth(config.auth)
+
+    def capabilities(self) -> dict[str, Any]:
+        """``GET [base]/metadata`` with the destination's credentials (with SMART backend services a token is
+        fetched first, which checks the key and the client registration): the server's CapabilityStatement."""
+        url = self._config.base_url.rstrip("/") + "/metadata"
+        what = "FHIR capabilities"
+        headers = {**self._headers, "Accept": "application/fhir+json"}
+        if self._smart is not None:
+            with self._lock:
+                resp = self._smart.request("GET", url, what, headers=headers)
+        else:
+            resp = self._request("GET", url, what, headers=headers, auth=self._auth or httpx.USE_CLIENT_DEFAULT)
+        if not 200 <= resp.status_code < 300:
+            raise self._refused(what, resp)
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            raise self._error(f"{what}: HTTP {resp.status_code} from {url} but the body is not JSON",
+                              retryable=False, status=resp.status_code) from exc
+        if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
+            raise self._error(f"{what}: {url} answered no CapabilityStatement", retryable=False)
+        return body
+
+    def check(self) -> str:
+        """The EHR's CapabilityStatement: FHIR R4 (4.0.x) and transactions supported (``interop doctor``)."""
+        cap = self.capabilities()
+        version = str(cap.get("fhirVersion", "?"))
+        if not version.startswith("4.0"):
+            raise self._error(f"{self._config.base_url} speaks FHIR {version}, not R4 (4.0.x)", retryable=False)
+        rest = [r for r in cap.get("rest") or [] if r.get("mode") == "server"]
+        interactions = {i.get("code") for r in rest for i in r.get("interaction") or []}
+        if rest and interactions and "transaction" not in interactions:
+            raise self._error(f"{self._config.base_url} does not list the transaction interaction", retryable=False)
+        software = (cap.get("software") or {}).get("name", "")
+        auth = " (SMART backend token granted)" if self._smart is not None else ""
+        return f"FHIR {version} at {self._config.base_url}" + (f", {software}" if software else "") + auth
 
     def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
         """POST the Bundle to the base; return the transaction-response Bundle. Every entry's
