@@ -72,6 +72,9 @@ def _log_id(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from interop import memory
+
+    memory.limit_arenas()  # before the node's threads start (interop.memory)
     import uvicorn
 
     from interop.api import create_app
@@ -126,6 +129,9 @@ def _graceful_server() -> Any:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from interop import memory
+
+    memory.limit_arenas()
     from interop.jobs.celery_app import build_worker_app
 
     settings = _settings(args)

@@ -151,14 +151,28 @@ def display_grey(source: Dataset) -> np.ndarray:
 
 
 def blend(grey: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """``grey`` (0..1) as RGB with ``heat`` (0..1) over it in colour where it exceeds :data:`FLOOR`; uint8."""
-    t = np.clip((heat - FLOOR) / (1.0 - FLOOR), 0.0, 1.0)
+    """``grey`` (0..1) as RGB with ``heat`` (0..1) over it in colour where it exceeds :data:`FLOOR`; uint8.
+
+    In float32, one colour channel at a time, into the uint8 output: a radiograph is millions of pixels, and
+    the whole-image float64 RGB intermediates took ~330 MB at once (the node's resident memory then swung by
+    that much with each result); this peaks near 100 MB."""
+    heat = np.asarray(heat, dtype=np.float32)
+    t = np.clip((heat - FLOOR) / (1.0 - FLOOR), 0.0, 1.0).astype(np.float32, copy=False)
+    alpha = t * np.float32(MAX_ALPHA)
+    alpha[heat <= FLOOR] = 0.0
+    keep = np.float32(1.0) - alpha
+    base = np.asarray(grey, dtype=np.float32) * np.float32(255.0)
+    base *= keep
     positions = np.array([p for p, _ in RAMP], dtype=np.float32)
-    colour = np.stack([np.interp(t, positions, [c[i] for _, c in RAMP]) for i in range(3)], axis=-1)
-    alpha = (MAX_ALPHA * t)[..., None]
-    alpha[heat[..., None] <= FLOOR] = 0.0
-    base = np.repeat((grey * 255.0)[..., None], 3, axis=-1)
-    return np.clip(np.rint(base * (1.0 - alpha) + colour * alpha), 0, 255).astype(np.uint8)
+    out = np.empty((*grey.shape, 3), dtype=np.uint8)
+    for i in range(3):
+        channel = np.interp(t, positions, [c[i] for _, c in RAMP]).astype(np.float32)
+        channel *= alpha
+        channel += base
+        np.rint(channel, out=channel)
+        np.clip(channel, 0, 255, out=channel)
+        out[..., i] = channel
+    return out
 
 
 def caption_lines(result: AppResult, finding: Finding) -> list[str]:

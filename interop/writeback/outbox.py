@@ -392,8 +392,13 @@ class Outbox:
         """Build what is due, then deliver until nothing is due (rows that fail wait for their backoff)."""
         if self.before_drain is not None:
             self.before_drain()
+        worked = False
         while self.run_due():
-            pass
+            worked = True
+        if worked:  # SR/SEG/heat-map objects were built: hand their freed buffers back (interop.memory)
+            from interop import memory
+
+            memory.release()
 
     def wake(self) -> None:
         self._loop.wake()
