@@ -20,8 +20,9 @@
   - *case to case, rushing*: the same with ``j`` pressed the moment a case shows (the look-ahead has had no
     time: this is the cost of fetching, rendering and decoding a case).
 
-  Images are fetched at the viewport the stage needs (``viewport=1024,1024`` here); the rendered frames carry
-  no cache headers, and with ``--images`` above the page's picture cache every case fetches its own.
+  Images are fetched at the viewport the stage needs (``viewport=1024,1024`` here); rendered frames carry an
+  ETag and ``Cache-Control: private, max-age=300``, so a case seen before comes from the browser's cache; with
+  ``--images`` above the page's picture cache every new case still fetches (and the server renders) its own.
 
     .venv/bin/python bench/worklist.py                  # --n 1000 --images 32 --loads 20 --cases 60 --rush 30
 """
