@@ -11,9 +11,10 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from interop.auth import SIGNING_ROLES, Principal, TokenService
-from interop.auth.compartment import patient_identifier_values
+from interop.auth.compartment import compartment_filter, patient_identifier_values
 from interop.auth.roles import check_roles
 from interop.auth.server import AuthorizationServer
+from interop.auth.tokens import InsufficientScope
 from interop.errors import Forbidden, NotFound, Unauthorized
 from interop.node import Node
 from interop.store.models import Study
@@ -105,6 +106,27 @@ def require_role(*roles: str) -> Callable[[Principal], Awaitable[Principal]]:
 
     return check
 
+
+def require_admin() -> Callable[[Principal], Awaitable[Principal]]:
+    """Configuration (routing rules, model versions, write-back retries): update on ``*`` granted by a
+    ``user/`` or ``system/`` scope. A ``patient/*.u`` scope is for one patient's data and is refused (403)."""
+
+    async def check(principal: PrincipalDep) -> Principal:
+        principal.require("*", "u")
+        try:
+            confined = compartment_filter(principal, "*", "u") is not None
+        except InsufficientScope:  # patient/ scopes without a patient in context
+            confined = True
+        if confined:
+            raise InsufficientScope("configuring the node needs user/*.u or system/*.u; patient/ scopes reach one "
+                                    "patient's data only")
+        return principal
+
+    return check
+
+
+#: Configuration of the node (see :func:`require_admin`).
+CanAdminister = Annotated[Principal, Depends(require_admin())]
 
 #: A physician's sign-off: a radiologist or a physician (a system token, a technologist, a viewer or an admin
 #: is refused).

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from interop import logs
-from interop.api.deps import NodeDep, require
+from interop.api.deps import CanAdminister, NodeDep, require
 from interop.auth import Principal
 from interop.config import RoutingRule
 from interop.errors import InvalidInput
@@ -23,7 +23,6 @@ router = APIRouter(prefix="/api", tags=["jobs"])
 
 CanReadJobs = Annotated[Principal, Depends(require("Task", "r"))]
 CanWriteJobs = Annotated[Principal, Depends(require("Task", "c"))]
-CanAdminister = Annotated[Principal, Depends(require("*", "u"))]
 
 
 def with_correlation(response: Response, job: dict[str, Any]) -> dict[str, Any]:

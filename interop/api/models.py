@@ -13,14 +13,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from interop.api.deps import NodeDep, require
+from interop.api.deps import CanAdminister, NodeDep, require
 from interop.auth import Principal
 from interop.mlops.tables import ALL_RULES
 
 router = APIRouter(prefix="/api", tags=["models"])
 
 CanReadModels = Annotated[Principal, Depends(require("Task", "r"))]
-CanAdminister = Annotated[Principal, Depends(require("*", "u"))]
 
 
 @router.get("/models")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from interop.api.deps import CanSign, NodeDep, require
+from interop.api.deps import CanAdminister, CanSign, NodeDep, require
 from interop.auth import Principal
 
 router = APIRouter(prefix="/api", tags=["reports"])
@@ -38,7 +38,6 @@ def check_report_patient(node: Any, principal: Principal, report_patient: str | 
 CanReadReports = Annotated[Principal, Depends(require("DiagnosticReport", "r"))]
 CanSignReports = Annotated[Principal, Depends(require("DiagnosticReport", "u"))]
 CanReadJobs = Annotated[Principal, Depends(require("Task", "r"))]
-CanAdminister = Annotated[Principal, Depends(require("*", "u"))]
 
 
 @router.get("/reports")
