@@ -63,4 +63,4 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy interop operators apps
 echo "== pytest"
-exec .venv/bin/pytest -rs "$@"
+exec .venv/bin/pytest -rs --durations=25 "$@"

@@ -2,7 +2,7 @@
 bounded in time, with the server's memory, file handles and threads flat.
 
 One ``interop serve`` (SQLite, local executor, the chest X-ray rule). Four rounds, each: 500 CT instances in
-ten studies over one association (C-STORE; no rule fires on CT), 250 ORU^R01 metabolic panels over two MLLP
+ten studies over one association (C-STORE; no rule fires on CT), 250 ORU^R01 metabolic panels over four MLLP
 connections (each 8 Observations, a DiagnosticReport, Patient and order in the FHIR store; every message must
 be answered AA), and one chest radiograph that goes the whole way: ready study, ``cxr_triage`` job, report,
 SR/heat-map write-back to the node's own store and FHIR facade. After each round the node is let go quiet
@@ -106,7 +106,7 @@ async def _send(port: int, msgs: list[bytes]) -> int:
     return ok
 
 
-def send_hl7(port: int, msgs: list[bytes], conns: int = 2) -> int:
+def send_hl7(port: int, msgs: list[bytes], conns: int = 4) -> int:
     async def run() -> int:
         return sum(await asyncio.gather(*(_send(port, msgs[i::conns]) for i in range(conns))))
 
