@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.data import get_testdata_file
@@ -22,6 +25,19 @@ def free_port() -> int:
         if port not in _handed_out:
             _handed_out.add(port)
             return port
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str | Callable[[], str],
+             every: float = 0.25) -> Any:
+    """``predicate()``'s first truthy value, polled every ``every`` seconds until ``timeout`` seconds have
+    passed; then an AssertionError naming ``what`` (or what ``what()`` says at that moment)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what() if callable(what) else what}")
 
 
 def require_tool(name: str) -> str:

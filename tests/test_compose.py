@@ -101,17 +101,9 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setti
     return Settings()
 
 
-def has_storage_settings() -> bool:
-    return "storage" in Settings.model_fields
-
-
 def node_env(service: dict[str, Any]) -> dict[str, str]:
-    """The service's ``INTEROP_*`` environment, less the object-store names while Settings has no ``storage``
-    section yet (the S3 backend is a separate piece of issue 7)."""
-    env = {k: v for k, v in environment(service).items() if k.startswith("INTEROP_")}
-    if not has_storage_settings():
-        env = {k: v for k, v in env.items() if not k.startswith("INTEROP_STORAGE__")}
-    return env
+    """The service's ``INTEROP_*`` environment (the object-store names included: Settings checks them)."""
+    return {k: v for k, v in environment(service).items() if k.startswith("INTEROP_")}
 
 
 def ports(service: dict[str, Any]) -> set[int]:
@@ -212,10 +204,9 @@ def test_object_store_settings_are_accepted(stack: dict[str, Any], monkeypatch: 
     assert store["INTEROP_STORAGE__S3__BUCKET"] == minio_init["S3_BUCKET"]
     assert store["INTEROP_STORAGE__S3__ACCESS_KEY_ID"] == minio_init["S3_ACCESS_KEY_ID"]
     assert store["INTEROP_STORAGE__S3__ACCESS_KEY_ID"] != minio_init["MINIO_ROOT_USER"]
-    if not has_storage_settings():
-        pytest.xfail("interop.config.Settings has no `storage` section yet (the S3 backend of issue 7): the "
-                     "INTEROP_STORAGE__* names are checked once it is there")
-    settings_from(env, monkeypatch)
+    settings = settings_from(env, monkeypatch)
+    assert settings.storage.backend == "s3" and settings.storage.s3 is not None
+    assert settings.storage.s3.endpoint_url == "http://minio:9000"
 
 
 @pytest.mark.parametrize(("name", "said"), [("INTEROP_JOBS__LEASE_SECOND", "lease_second"),

@@ -5,7 +5,6 @@ peers that answer or don't. The node plays its own PACS (C-ECHO), DICOMweb servi
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,12 +15,7 @@ import pytest
 from interop.config import Settings
 from interop.conformance import RESULT_SOP_CLASSES, dicom_conformance_statement
 from tests.conftest import ServerProc
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support import free_port
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +64,7 @@ def test_doctor_passes_when_every_peer_answers(node: ServerProc) -> None:
 
 
 def test_doctor_names_each_failure_and_exits_1(node: ServerProc) -> None:
-    closed = _closed_port()
+    closed = free_port()
     rc, lines = _doctor(node, [
         {"kind": "dicom", "name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": closed},
         {"kind": "dicomweb", "name": "web", "url": f"{node.base_url}/dicomweb",
@@ -85,7 +79,7 @@ def test_doctor_names_each_failure_and_exits_1(node: ServerProc) -> None:
 
 
 def test_doctor_without_a_running_node_says_so(tmp_path: Path) -> None:
-    env = {"INTEROP_DATA_DIR": str(tmp_path / "none"), "INTEROP_DICOM__PORT": str(_closed_port()),
+    env = {"INTEROP_DATA_DIR": str(tmp_path / "none"), "INTEROP_DICOM__PORT": str(free_port()),
            "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "interop", "doctor", "--timeout", "2"], env=env,
                          capture_output=True, text=True, timeout=120)

@@ -31,7 +31,7 @@ from tests.api.test_metrics import value
 from tests.conftest import ServerProc
 from tests.hl7v2.support import oru
 from tests.jobs.conftest import PROBE_APPS, probe_bundle
-from tests.support import require_tool
+from tests.support import require_tool, wait_for
 from tests.test_pipeline import mllp_send, wait_job
 
 # -- interop.logs ---------------------------------------------------------------------------------------------
@@ -183,16 +183,6 @@ def _loggers(records: list[dict[str, Any]], cid: str) -> set[str]:
     return {r["logger"] for r in records if r.get("correlation_id") == cid}
 
 
-def _wait(check: Any, timeout: float = 60, what: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"timed out: {what() if what else ''}")
-
-
 def _signer_token(srv: ServerProc) -> str:
     out = subprocess.run([sys.executable, "-m", "interop", "token", "--subject", "jane", "--name", "Jane Doe",
                           "--role", "radiologist", "--scope", "user/*.rs user/DiagnosticReport.cru"],
@@ -244,11 +234,12 @@ def test_one_correlation_id_from_association_to_sign_off(server_factory: Any, tm
         assert http.get(f"/api/jobs/{job['id']}").headers["x-correlation-id"] == ct_id
         lab_job = wait_job(http, app="labprobe")
         assert lab_job["state"] == "succeeded" and lab_job["inputs"]["correlation_id"] == hl7_id
-        report = _wait(lambda: [x for x in http.get("/api/reports").json()
-                                if x["job_id"] == job["id"] and x["status"] == "preliminary"])[0]
-        rows = _wait(lambda: (lambda ws: ws if ws and all(w["state"] in ("sent", "dead") for w in ws) else None)(
-            http.get("/api/writebacks", params={"job_id": job["id"]}).json()),
-            what=lambda: http.get("/api/writebacks", params={"job_id": job["id"]}).json())
+        report = wait_for(lambda: [x for x in http.get("/api/reports").json()
+                                   if x["job_id"] == job["id"] and x["status"] == "preliminary"],
+                          60, "the preliminary report")[0]
+        rows = wait_for(lambda: (lambda ws: ws if ws and all(w["state"] in ("sent", "dead") for w in ws) else None)(
+            http.get("/api/writebacks", params={"job_id": job["id"]}).json()), 60,
+            lambda: str(http.get("/api/writebacks", params={"job_id": job["id"]}).json()))
         assert all(w["state"] == "sent" for w in rows), rows
     signed = httpx.post(f"{srv.base_url}/api/reports/{report['id']}/signoff", json={"action": "accept"},
                         headers={"Authorization": f"Bearer {_signer_token(srv)}"}, timeout=60)

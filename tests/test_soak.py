@@ -16,14 +16,10 @@ images; a leak raises the floor), and the node stays under 1 GB. Sizes: ``INTERO
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pydicom
@@ -31,27 +27,18 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
+from bench import mllp_ingest
+from bench.job_latency import fresh_cxr
 from tests.conftest import ServerProc
 from tests.dicom.peers import association, contexts_for, send_files
+from tests.support import wait_for
 from tests.test_pipeline import CXR_RULE
 
 ROUNDS = int(os.environ.get("INTEROP_SOAK_ROUNDS", "4"))
 INSTANCES = int(os.environ.get("INTEROP_SOAK_INSTANCES", str(500 * ROUNDS)))
 MESSAGES = int(os.environ.get("INTEROP_SOAK_MESSAGES", str(250 * ROUNDS)))
 PER_STUDY = 50
-ORU = Path(__file__).parent / "hl7v2" / "messages" / "oru_r01_cmp.hl7"
-VT, END = b"\x0b", b"\x1c\x0d"
 FINAL_JOB = {"succeeded", "failed", "dead", "cancelled"}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def ct_files(folder: Path, round_: int, n: int) -> list[Path]:
@@ -71,46 +58,6 @@ def ct_files(folder: Path, round_: int, n: int) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         out.append(path)
     return out
-
-
-def cxr_file(folder: Path, round_: int) -> Path:
-    ds = pydicom.dcmread(get_testdata_file("RG1_UNCI.dcm"))
-    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.PatientID = f"SOAK-CXR-{round_}"
-    path = folder / f"cxr-{round_}.dcm"
-    ds.save_as(path)
-    return path
-
-
-def oru_messages(round_: int, n: int) -> list[bytes]:
-    template = ORU.read_bytes().replace(b"\n", b"\r").rstrip(b"\r")
-    return [template.replace(b"LAB20261120-0001", f"SOAK{round_}-{i}".encode())
-            .replace(b"FIL-20261120-0457", f"FSOAK{round_}-{i}".encode())
-            .replace(b"MRN483920", f"SOAKMRN{i % 40:04d}".encode()) for i in range(n)]
-
-
-async def _send(port: int, msgs: list[bytes]) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    ok = 0
-    for m in msgs:
-        writer.write(VT + m + END)
-        await writer.drain()
-        await reader.readuntil(VT)
-        ack = await reader.readuntil(END)
-        control_id = m.split(b"\r", 1)[0].split(b"|")[9]
-        ok += b"MSA|AA|" + control_id + b"\r" in ack
-    writer.close()
-    await writer.wait_closed()
-    return ok
-
-
-def send_hl7(port: int, msgs: list[bytes], conns: int = 4) -> int:
-    async def run() -> int:
-        return sum(await asyncio.gather(*(_send(port, msgs[i::conns]) for i in range(conns))))
-
-    return asyncio.run(run())
 
 
 def measure(proc: psutil.Process) -> dict[str, float]:
@@ -138,13 +85,13 @@ def test_soak_instances_and_messages_through_the_pipeline_stay_flat(server_facto
         folder = tmp_path / f"round{r}"
         folder.mkdir()
         files = ct_files(folder, r, per_round_instances)
-        cxr = cxr_file(folder, r)
+        (cxr,) = fresh_cxr(folder, r)  # patient BENCH-CXR-<r>
         with association(srv, contexts_for(files[0], cxr), "SOAKSCU") as assoc:
             statuses = send_files(assoc, *files, cxr)
         assert statuses == [0] * (len(files) + 1), f"round {r}: not every instance stored"
         studies += len(files) // PER_STUDY + 1
-        acked = send_hl7(srv.mllp_port, oru_messages(r, per_round_messages))
-        assert acked == per_round_messages, f"round {r}: {per_round_messages - acked} messages not AA"
+        # four connections, each sending and waiting for its ACK; raises unless every message is answered AA
+        mllp_ingest.measure(srv.mllp_port, f"SOAK{r}", per_round_messages, conns=4)
 
         def quiet(studies: int = studies, r: int = r) -> bool:
             events = http.get("/api/studies/events", params={"kind": "ready", "limit": 1000}).json()
@@ -162,18 +109,15 @@ def test_soak_instances_and_messages_through_the_pipeline_stay_flat(server_facto
         samples.append(measure(proc))
 
     # everything that was acknowledged is there
-    found = http.get("/dicomweb/studies", params={"PatientID": "SOAK*", "limit": 1000}).json()
-    assert len(found) == studies
-    def count(s: dict[str, Any]) -> int:
-        return int(s["00201208"]["Value"][0])
+    def studies_of(patients: str) -> list[int]:
+        found = http.get("/dicomweb/studies", params={"PatientID": patients, "limit": 1000}).json()
+        return [int(s["00201208"]["Value"][0]) for s in found]  # NumberOfStudyRelatedInstances
 
-    def patient(s: dict[str, Any]) -> str:
-        return str(s["00100020"]["Value"][0])
-
-    ct = [s for s in found if not patient(s).startswith("SOAK-CXR")]
-    assert sum(count(s) for s in ct) == per_round_instances * ROUNDS
+    ct, cxr = studies_of("SOAK-*"), studies_of("BENCH-CXR-*")
+    assert len(ct) + len(cxr) == studies and len(cxr) == ROUNDS
+    assert sum(ct) == per_round_instances * ROUNDS
     # each radiograph's study also holds what the node wrote back into it (the SR and the heat-maps)
-    assert all(count(s) >= 2 for s in found if patient(s).startswith("SOAK-CXR"))
+    assert all(n >= 2 for n in cxr)
     obs = http.get("/fhir/Observation", params={"_count": 0}).json()
     assert obs["total"] >= MESSAGES // ROUNDS * ROUNDS * 8
     reports = http.get("/api/reports", params={"limit": 100}).json()

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,21 +36,11 @@ import pytest
 
 from tests.conftest import ServerProc
 from tests.peers import OrthancPeer, orthanc_binary
+from tests.support import wait_for
 from tests.test_pipeline import CXR_RULE
 
 SR_MODALITY = "SR"
 FINAL = ("succeeded", "failed", "dead", "cancelled")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
-    """``predicate()``'s first truthy value, polled until ``timeout`` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def attempt_pid(worker: str | None) -> int | None:

@@ -950,17 +950,17 @@ class FhirDestination(_HttpDestination):
             super().__init__(config, transport=transport)
         self._headers, self._auth = _static_auth(config.auth)
 
-    def capabilities(self) -> dict[str, Any]:
-        """``GET [base]/metadata`` with the destination's credentials (with SMART backend services a token is
-        fetched first, which checks the key and the client registration): the server's CapabilityStatement."""
-        url = self._config.base_url.rstrip("/") + "/metadata"
-        what = "FHIR capabilities"
-        headers = {**self._headers, "Accept": "application/fhir+json"}
+    def _call(self, method: str, url: str, what: str, resource_type: str, **kw: Any) -> tuple[int, dict[str, Any]]:
+        """One FHIR interaction with the destination's credentials (a SMART backend token, fetched again once
+        on 401; or the static auth): the 2xx status and the JSON ``resource_type`` answered, else
+        DeliveryError."""
+        headers = {**self._headers, "Accept": "application/fhir+json", **kw.pop("headers", {})}
         if self._smart is not None:
             with self._lock:
-                resp = self._smart.request("GET", url, what, headers=headers)
+                resp = self._smart.request(method, url, what, headers=headers, **kw)
         else:
-            resp = self._request("GET", url, what, headers=headers, auth=self._auth or httpx.USE_CLIENT_DEFAULT)
+            resp = self._request(method, url, what, headers=headers, auth=self._auth or httpx.USE_CLIENT_DEFAULT,
+                                 **kw)
         if not 200 <= resp.status_code < 300:
             raise self._refused(what, resp)
         try:
@@ -968,9 +968,16 @@ class FhirDestination(_HttpDestination):
         except ValueError as exc:
             raise self._error(f"{what}: HTTP {resp.status_code} from {url} but the body is not JSON",
                               retryable=False, status=resp.status_code) from exc
-        if not isinstance(body, dict) or body.get("resourceType") != "CapabilityStatement":
-            raise self._error(f"{what}: {url} answered no CapabilityStatement", retryable=False)
-        return body
+        if not isinstance(body, dict) or body.get("resourceType") != resource_type:
+            raise self._error(f"{what}: HTTP {resp.status_code} from {url} but no {resource_type} came back",
+                              retryable=False, status=resp.status_code)
+        return resp.status_code, body
+
+    def capabilities(self) -> dict[str, Any]:
+        """``GET [base]/metadata`` with the destination's credentials (with SMART backend services a token is
+        fetched first, which checks the key and the client registration): the server's CapabilityStatement."""
+        return self._call("GET", self._config.base_url.rstrip("/") + "/metadata", "FHIR capabilities",
+                          "CapabilityStatement")[1]
 
     def check(self) -> str:
         """The EHR's CapabilityStatement: FHIR R4 (4.0.x) and transactions supported (``interop doctor``)."""
@@ -993,25 +1000,8 @@ class FhirDestination(_HttpDestination):
             raise self._error("not a transaction Bundle (resourceType Bundle, type transaction)", retryable=False)
         url = self._config.base_url
         what = f"FHIR transaction of {len(bundle.get('entry') or [])} entries"
-        headers = {**self._headers, "Content-Type": "application/fhir+json",
-                   "Accept": "application/fhir+json"}
-        content = json.dumps(bundle).encode()
-        if self._smart is not None:
-            with self._lock:
-                resp = self._smart.request("POST", url, what, content=content, headers=headers)
-        else:
-            resp = self._request("POST", url, what, content=content, headers=headers,
-                                 auth=self._auth or httpx.USE_CLIENT_DEFAULT)
-        if not 200 <= resp.status_code < 300:
-            raise self._refused(what, resp)
-        try:
-            answer = resp.json()
-        except ValueError as exc:
-            raise self._error(f"{what}: HTTP {resp.status_code} from {url} but the body is not JSON",
-                              retryable=False, status=resp.status_code) from exc
-        if not isinstance(answer, dict) or answer.get("resourceType") != "Bundle":
-            raise self._error(f"{what}: HTTP {resp.status_code} from {url} but no Bundle came back",
-                              retryable=False, status=resp.status_code)
+        status_code, answer = self._call("POST", url, what, "Bundle", content=json.dumps(bundle).encode(),
+                                         headers={"Content-Type": "application/fhir+json"})
         bad = []
         for i, entry in enumerate(answer.get("entry") or []):
             r = entry.get("response") or {}
@@ -1020,8 +1010,8 @@ class FhirDestination(_HttpDestination):
                 said = _outcome_text(r["outcome"]) if isinstance(r.get("outcome"), dict) else ""
                 bad.append(f"entry {i}: {status or 'no response.status'}" + (f" ({said})" if said else ""))
         if bad:
-            raise self._error(f"{what}: {url} answered {resp.status_code} but " + "; ".join(bad),
-                              retryable=False, status=resp.status_code)
+            raise self._error(f"{what}: {url} answered {status_code} but " + "; ".join(bad),
+                              retryable=False, status=status_code)
         return answer
 
 

@@ -18,23 +18,13 @@ from pydicom.data import get_testdata_file
 
 from tests.conftest import ServerProc
 from tests.jobs.conftest import PROBE_APPS, probe_bundle
-from tests.support import require_tool
+from tests.support import require_tool, wait_for
 
 
 def _start_worker(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-m", "interop", "worker", "--hostname", f"{name}@%h"], env=env,
                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_worker_killed_mid_job_job_finishes_on_the_other(server_factory, postgres_url: str, redis_url: str,
@@ -65,7 +55,7 @@ def test_worker_killed_mid_job_job_finishes_on_the_other(server_factory, postgre
                 jobs = http.get("/api/jobs").json()
                 return jobs[0] if jobs and jobs[0]["state"] == "running" and list(markers.iterdir()) else None
 
-            job = _wait(running, 60, "the job to start on a worker")
+            job = wait_for(running, 60, "the job to start on a worker")
             owner_pid = int(job["lease_owner"].split(":")[1])
             victim = next(n for n, p in workers.items() if p.pid == owner_pid)
             proc = psutil.Process(owner_pid)
@@ -83,7 +73,7 @@ def test_worker_killed_mid_job_job_finishes_on_the_other(server_factory, postgre
                 j = http.get(f"/api/jobs/{job['id']}").json()
                 return j if j["state"] in ("succeeded", "failed", "dead") else None
 
-            done = _wait(finished, 90, "the job to finish on the surviving worker")
+            done = wait_for(finished, 90, "the job to finish on the surviving worker")
             assert done["state"] == "succeeded", done
             history = done["attempt_history"]
             assert [a["outcome"] for a in history] == ["lost", "succeeded"], history
