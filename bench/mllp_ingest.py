@@ -105,8 +105,13 @@ def bare_server(port: int, db_url: str) -> None:
 # -- the client -----------------------------------------------------------------------------------------------
 
 
-def messages(prefix: str, n: int) -> list[bytes]:
+def messages(prefix: str, n: int, *, original: bool = False) -> list[bytes]:
+    """``n`` copies of the sample with fresh control IDs; ``original``: MSH-15/MSH-16 emptied, so the message is
+    in original acknowledgment mode (AA after its resources are committed) instead of asking, as the sample
+    does (``AL|NE``), for an enhanced-mode accept acknowledgment (CA once it is kept)."""
     template = SAMPLE.read_bytes()
+    if original:
+        template = template.replace(b"|AL|NE|", b"|||", 1)
     out = []
     for i in range(n):
         out.append(template.replace(b"LAB20261120-0001", f"{prefix}-{i}".encode())
@@ -117,7 +122,7 @@ def messages(prefix: str, n: int) -> list[bytes]:
 
 async def _connection(port: int, msgs: list[bytes], window: int) -> int:
     """Send ``msgs`` over one connection, at most ``window`` unacknowledged at a time (1: send-and-wait);
-    returns how many were answered AA, each ACK matched to its message by MSA-2, in order."""
+    returns how many were answered AA or CA, each ACK matched to its message by MSA-2, in order."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     ok = sent = 0
@@ -129,7 +134,7 @@ async def _connection(port: int, msgs: list[bytes], window: int) -> int:
         await reader.readuntil(VT)
         ack = await reader.readuntil(END)
         control_id = m.split(b"\r", 1)[0].split(b"|")[9]
-        ok += b"MSA|AA|" + control_id + b"\r" in ack
+        ok += b"MSA|AA|" + control_id + b"\r" in ack or b"MSA|CA|" + control_id + b"\r" in ack
     writer.close()
     return ok
 
@@ -141,11 +146,32 @@ async def _run(port: int, msgs: list[bytes], conns: int, window: int) -> tuple[f
     return time.perf_counter() - t0, sum(oks)
 
 
-def measure(port: int, prefix: str, n: int, conns: int, window: int = 1) -> float:
-    elapsed, ok = asyncio.run(_run(port, messages(prefix, n), conns, window))
+def measure(port: int, prefix: str, n: int, conns: int, window: int = 1, *, original: bool = False) -> float:
+    """Messages per second acknowledged (AA, or CA for the enhanced-mode sample); raises unless all were."""
+    elapsed, ok = asyncio.run(_run(port, messages(prefix, n, original=original), conns, window))
     if ok != n:
-        raise RuntimeError(f"{prefix}: {n - ok} of {n} messages were not acknowledged AA")
+        raise RuntimeError(f"{prefix}: {n - ok} of {n} messages were not acknowledged AA/CA")
     return n / elapsed
+
+
+def wait_applied(db_url: str, timeout: float = 600) -> float:
+    """Wait until the node has no accepted message whose resources are still to be written; when that was
+    (time.perf_counter())."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url)
+    try:
+        deadline = time.monotonic() + timeout
+        with engine.connect() as conn:
+            while time.monotonic() < deadline:
+                n = conn.execute(sa.text("SELECT count(*) FROM hl7_messages WHERE pending")).scalar_one()
+                conn.rollback()
+                if not n:
+                    return time.perf_counter()
+                time.sleep(0.005)
+    finally:
+        engine.dispose()
+    raise RuntimeError("the node did not apply its accepted messages in time")
 
 
 def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
@@ -206,28 +232,41 @@ def bench_database(label: str, db_url: str | None, args: argparse.Namespace, tmp
     ours = start([sys.executable, "-m", "interop", "serve"], env, tmp / f"interop-{label}.log", tmp)
     bare = start([sys.executable, __file__, "--bare-server", str(bare_port), db_url or str(tmp / "bare.db")],
                  dict(os.environ), tmp / f"bare-{label}.log", tmp)
-    rows = [("1 conn", 1, 1), (f"{args.conns} conns", args.conns, 1)]
-    if args.window > 1:
-        rows.append((f"1 conn, window {args.window}", 1, args.window))
+    node_db = db_url or f"sqlite:///{tmp / f'node-{label}' / 'interop.db'}"
+    rows: list[tuple[str, int, int, bool]] = []
+    for mode, original in (("CA", False), ("AA", True)):
+        if args.mode not in ("both", "enhanced" if mode == "CA" else "original"):
+            continue
+        rows += [(f"{mode} 1 conn", 1, 1, original), (f"{mode} {args.conns} conns", args.conns, 1, original)]
+        if args.window > 1:
+            rows.append((f"{mode} 1 conn, window {args.window}", 1, args.window, original))
     results: dict[tuple[str, str], list[float]] = {}
+    applied: dict[str, list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     try:
         wait_port(ours_port, ours)
         wait_port(bare_port, bare)
         for name, port in (("interop", ours_port), ("bare", bare_port)):
             measure(port, f"warm-{label}-{name}", 50, 1)
+        wait_applied(node_db)
         wait_quiet(ours)
         for r in range(args.rounds):
             servers = [("interop", ours_port, ours), ("bare", bare_port, bare)]
             for name, port, proc in servers if r % 2 == 0 else servers[::-1]:
-                for row, conns, window in rows:
+                for row, conns, window, original in rows:
                     c0 = cpu_seconds(proc)
+                    t0 = time.perf_counter()
                     rate = measure(port, f"{label}r{r}{row.replace(' ', '').replace(',', '')}{name[0]}", args.n,
-                                   conns, window)
+                                   conns, window, original=original)
+                    done = ""
+                    if name == "interop":  # CA: until the resources of the last message are written too
+                        rate_applied = args.n / (wait_applied(node_db) - t0)
+                        applied.setdefault(row, []).append(rate_applied)
+                        done = f" ({rate_applied:5.0f} applied/s)"
                     ms = (cpu_seconds(proc) - c0) * 1000 / args.n
                     results.setdefault((name, row), []).append(rate)
                     cpu.setdefault((name, row), []).append(ms)
-                    print(f"{label} round {r + 1}: {name:8s} {row:18s} {rate:7.0f} msg/s  {ms:5.2f} CPU ms/msg",
+                    print(f"{label} round {r + 1}: {name:8s} {row:22s} {rate:7.0f} msg/s{done}  {ms:5.2f} CPU ms/msg",
                           flush=True)
     finally:
         for proc in (ours, bare):
@@ -236,15 +275,18 @@ def bench_database(label: str, db_url: str | None, args: argparse.Namespace, tmp
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    print(f"\n{label}: median of {args.rounds} rounds, {args.n} ORU^R01 (8 OBX) each, durable AA:")
-    print(f"{'':>20s} {'interop':>10s} {'bare':>10s} {'ratio':>7s}   server CPU ms/msg: interop  bare")
+    print(f"\n{label}: median of {args.rounds} rounds, {args.n} ORU^R01 (8 OBX) each; acknowledged = durable "
+          "CA (enhanced mode: the message kept) or AA (original mode: the message and its resources committed); "
+          "applied = until the last message's resources were committed; CPU includes applying")
+    print(f"{'':>24s} {'acknowledged':>12s} {'applied':>9s} {'bare':>8s} {'ratio':>6s}   CPU ms/msg: interop  bare")
     out: dict[str, float] = {}
-    for row, _, _ in rows:
+    for row, _, _, _ in rows:
         o = statistics.median(results[("interop", row)])
+        a = statistics.median(applied[row])
         b = statistics.median(results[("bare", row)])
         oc, bc = statistics.median(cpu[("interop", row)]), statistics.median(cpu[("bare", row)])
         out[row] = o
-        print(f"{row:>20s} {o:>8.0f}/s {b:>8.0f}/s {o / b:>7.2f}   {oc:>24.2f} {bc:5.2f}")
+        print(f"{row:>24s} {o:>10.0f}/s {a:>7.0f}/s {b:>6.0f}/s {o / b:>6.2f}   {oc:>19.2f} {bc:5.2f}")
     print(flush=True)
     return out
 
@@ -256,6 +298,9 @@ def main() -> int:
     p.add_argument("--window", type=int, default=1,
                    help="also measure one connection with this many messages in flight (default 1: not measured)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--mode", choices=("both", "enhanced", "original"), default="both",
+                   help="the sample as sent (MSH-15/16 AL|NE: accept acknowledgment, CA), in original mode (AA), "
+                        "or both (default)")
     p.add_argument("--postgres", action="store_true", help="also on a throwaway PostgreSQL cluster")
     p.add_argument("--bare-server", nargs=2, metavar=("PORT", "DB"), help=argparse.SUPPRESS)
     args = p.parse_args()

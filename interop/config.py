@@ -102,6 +102,14 @@ class Hl7Settings(_Section):
     identifier_systems: dict[str, str] = Field(default_factory=dict)
     #: MLLP over TLS (certificate, key; a CA to check client certificates). Without it: plain TCP.
     tls: TlsSettings | None = None
+    #: Enhanced-mode messages asking only for an accept acknowledgment (MSH-15 given, MSH-16 empty or NE; HL7
+    #: v2.5.1 §2.9.3) are answered ``CA`` once read, mapped and kept durably, and their FHIR resources are written
+    #: right after by the applier. ``false``: every message is answered only after its resources are committed.
+    accept_acknowledgments: bool = True
+    #: Seconds the applier may give way to a burst of incoming messages before it writes their resources anyway.
+    apply_max_lag: float = Field(2.0, ge=0)
+    #: Accepted messages whose resources are not yet written, above which receiving waits for the applier.
+    max_pending: int = Field(10_000, ge=1)
 
     @field_validator("timezone")
     @classmethod

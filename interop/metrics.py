@@ -58,6 +58,8 @@ GAUGES: dict[str, tuple[str, str, list[str]]] = {
     "breakers": ("interop_writeback_breaker", "Circuit breaker of each destination: 1 on its current state",
                  ["destination", "state"]),
     "reports": ("interop_reports", "AI reports by app and status", ["app", "status"]),
+    "hl7_pending": ("interop_hl7_pending", "HL7 v2 messages accepted (CA) whose FHIR resources are not written yet",
+                    []),
     # Models (interop.mlops): drift as the population stability index against the bundle's training reference
     # over each version's recent results; shadow runs' agreement with the active version.
     "model_input_drift": ("interop_model_input_drift", "PSI of a model input feature against its training "

@@ -65,7 +65,14 @@ class Node:
         self.fhir = FhirStore(self.db)
         self.dimse = DimseListener(settings.dicom, self.store, self.assembler, self.store.read_header_dataset)
         # HL7 v2: each message and the FHIR resources it maps to are committed together, before AA.
-        self.hl7 = MessageLog(self.db, self.fhir.transaction, mapping_options(settings.hl7))
+        # Enhanced-mode messages asking only for an accept ACK are answered CA once kept; the applier loop writes
+        # their resources right after (interop.hl7v2.messages).
+        self.hl7 = MessageLog(self.db, self.fhir.transaction, mapping_options(settings.hl7),
+                              commit_acks=settings.hl7.accept_acknowledgments,
+                              apply_max_lag=settings.hl7.apply_max_lag, max_pending=settings.hl7.max_pending)
+        self._hl7_apply = Loop("hl7-apply", self.hl7.apply_due, 0.05)
+        self.hl7.on_accepted = self._hl7_apply.wake
+        metrics.watch("hl7_pending", lambda: [((), self.hl7.pending)])
         self.mllp = MllpListener(settings.hl7, self.hl7)
         self.mllp.admit = self.space.check
         # Routing and jobs: ready studies and completed lab sets become jobs; an executor runs the apps.
@@ -126,6 +133,10 @@ class Node:
         self.apps.check_rule_apps([r.app for r in self.settings.routing.rules])
         self.rules.sync_config(self.settings.routing.rules)
         self.dimse.start()
+        pending = self.hl7.load_pending()
+        if pending:
+            log.info("%d accepted HL7 message(s) still have their resources to write: applying them", pending)
+        self._hl7_apply.start(at_once=True)
         self.mllp.start()
         self.assembler.start()
         # A spare app process (torch and MONAI imported) only pays off when some rule can queue work.
@@ -165,6 +176,7 @@ class Node:
         deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
         self.stopping.set()
         self.mllp.stop(grace=max(0.0, deadline - time.monotonic()))
+        self._hl7_apply.stop()  # what it had not applied stays pending, for the next start
         self.dimse.stop(grace=max(0.0, deadline - time.monotonic()))
         self._retention_loop.stop()
         self.assembler.stop()

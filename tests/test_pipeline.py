@@ -103,7 +103,7 @@ def test_lab_set_by_hl7_runs_lab_severity_once(server_factory: Any, tmp_path: Pa
     srv: ServerProc = server_factory({"INTEROP_ROUTING__RULES": json.dumps([LAB_RULE])})
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     ack = mllp_send(srv.mllp_port, liver_panel("PBC-1", "MRN-PBC-1", now), tmp_path)
-    assert "MSA|AA|PBC-1" in ack
+    assert "MSA|CA|PBC-1" in ack
     with srv.client() as http:
         job = wait_job(http, app="lab_severity")
         assert job["state"] == "succeeded", job
@@ -118,7 +118,7 @@ def test_lab_set_by_hl7_runs_lab_severity_once(server_factory: Any, tmp_path: Pa
         assert abs(sum(cls["probabilities"].values()) - 1) < 1e-6
         assert len(result["inputs"]["observations"]) == 6
         # The same message again (a resend) and the same lab set asked for by hand: still one job.
-        assert "MSA|AA|PBC-1" in mllp_send(srv.mllp_port, liver_panel("PBC-1", "MRN-PBC-1", now), tmp_path)
+        assert "MSA|CA|PBC-1" in mllp_send(srv.mllp_port, liver_panel("PBC-1", "MRN-PBC-1", now), tmp_path)
         patient = job["inputs"]["patient"]
         again = http.post("/api/jobs", json={"app": "lab_severity", "patient": patient})
         assert again.status_code == 200 and again.json()["id"] == job["id"]
@@ -165,7 +165,7 @@ def test_chest_cr_by_storescu_runs_cxr_triage(server_factory: Any, tmp_path: Pat
 
     storescu = require_tool("storescu")
     srv: ServerProc = server_factory({"INTEROP_ROUTING__RULES": json.dumps([CXR_RULE])})
-    assert "MSA|AA|ORD-1" in mllp_send(srv.mllp_port, chest_order("ORD-1"), tmp_path)
+    assert "MSA|CA|ORD-1" in mllp_send(srv.mllp_port, chest_order("ORD-1"), tmp_path)
     cxr = str(get_testdata_file("RG1_UNCI.dcm"))
     subprocess.run([storescu, "-aec", "INTEROP", "127.0.0.1", str(srv.dicom_port), cxr], check=True,
                    capture_output=True, env={**os.environ, "TCP_NODELAY": "1"})

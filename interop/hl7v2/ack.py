@@ -1,10 +1,13 @@
-"""Original-mode acknowledgements (HL7 v2.5.1 Ch. 2 §2.9.2; ACK message §2.14.1; MSA §2.15.8; ERR §2.15.5).
+"""Acknowledgements (HL7 v2.5.1 Ch. 2 §2.9; ACK message §2.14.1; MSA §2.15.8; ERR §2.15.5).
 
-``AA`` (application accept) is sent only once the message and what it produced are committed; ``AE``
-(application error) says the content was wrong; ``AR`` (application reject) says the message was refused
-for a reason unrelated to its content (unsupported type, event, version or processing ID; unreadable
-header). An error ACK carries one ERR segment: ERR-2 the location (ERL), ERR-3 the HL7 error code
-(table 0357), ERR-4 the severity (table 0516: ``E`` error), ERR-8 a message for a person.
+Original mode (§2.9.2): ``AA`` (application accept) is sent only once the message and what it produced are
+committed; ``AE`` (application error) says the content was wrong; ``AR`` (application reject) says the
+message was refused for a reason unrelated to its content (unsupported type, event, version or processing
+ID; unreadable header). Enhanced mode's accept acknowledgment (§2.9.3.1) says the same of the message
+itself: ``CA`` (commit accept) once it is in safe storage, ``CE`` (commit error) when it was not accepted,
+``CR`` (commit reject) for the reasons ``AR`` gives. An error ACK carries one ERR segment: ERR-2 the location
+(ERL), ERR-3 the HL7 error code (table 0357), ERR-4 the severity (table 0516: ``E`` error), ERR-8 a message
+for a person.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import datetime as dt
 import itertools
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from interop.hl7v2.parse import CHARSETS, Header
 
@@ -43,14 +46,21 @@ _PREFIX = f"{os.getpid() % 100000:05d}"
 class Outcome:
     """What the receiver decided about one message: the MSA-1 code and, for AE/AR, the ERR content."""
 
-    code: str  # AA | AE | AR
+    code: str  # AA | AE | AR, or enhanced mode's accept codes CA | CE | CR
     error_code: str | None = None  # table 0357
     error_text: str | None = None  # ERR-8
     location: str | None = None  # ``SEG[n]-f.c``, becomes ERR-2
 
     @property
     def accepted(self) -> bool:
-        return self.code == "AA"
+        return self.code in ("AA", "CA")
+
+    def as_accept(self) -> Outcome:
+        """The same decision as an enhanced-mode accept acknowledgment (§2.9.3.1): AA → CA, AE → CE, AR → CR."""
+        return replace(self, code=_ACCEPT_CODES.get(self.code, self.code))
+
+
+_ACCEPT_CODES = {"AA": "CA", "AE": "CE", "AR": "CR"}
 
 
 def _escape(text: str, header: Header) -> str:
@@ -98,7 +108,7 @@ def build_ack(header: Header | None, outcome: Outcome, *, application: str = "IN
     if charset:
         msh += ["", "", "", "", "", charset]
     segments = [fs.join(msh), fs.join(["MSA", outcome.code, _escape(h.control_id, h)])]
-    if outcome.code != "AA":
+    if not outcome.accepted:
         code = outcome.error_code or "207"
         err_code = comp.join([code, ERROR_CODES.get(code, ""), "HL70357"])
         location = erl(outcome.location, comp) if outcome.location else ""

@@ -1,13 +1,15 @@
 """Group commit of received HL7 v2 messages: one database transaction, and so one fsync, for every message
 that arrived while the previous group was being committed (DESIGN promise 1; HL7 v2.5.1 Ch. 2 §2.9.2).
 
-Why group commit, and not "log durably, acknowledge, apply later" (what Mirth does): measured here, the
-receive path is CPU-bound (parse, map, the FHIR store's validation and index writes), and an
-apply-later design does *more* work per message (the Bundle is written twice, and validated twice if
-``AE`` is to keep meaning what it says), so it only moves the backlog behind the ``AA``: a FHIR read right
-after ``AA`` would not yet see the data. Group commit keeps ``AA`` meaning "the message and its FHIR
-resources are committed", and takes off each message what can be shared: the commit and its fsync, the
-transaction's begin, the session.
+Group commit keeps an original-mode ``AA`` meaning "the message and its FHIR resources are committed", and
+takes off each message what can be shared: the commit and its fsync, the transaction's begin, the session.
+A message in enhanced mode that asks only for an accept acknowledgment (MSH-15 given, MSH-16 empty or ``NE``)
+goes through the same queue, but its group commits only the raw message (``CA``: kept durably); its resources
+are written after the ACK by the applier (:meth:`MessageLog.apply_pending`). That is what the standard's
+accept acknowledgment says (§2.9.3.1: the message is in safe storage), and it is what makes a burst fast: the
+receive path is then a read, a map and one small insert, while the FHIR store's validation and index writes
+(the bulk of a message's CPU) run behind it. In original mode they stay in front of the ACK, because ``AA``
+says they are done.
 
 How: :meth:`GroupCommit.submit` is called by a connection for each frame in the order it arrived. The
 message is read and mapped at once on the worker pool (pure work, :meth:`MessageLog.prepare`), while one

@@ -11,7 +11,17 @@ HL7 v2.5.1 Ch. 2 §2.9.2 (original-mode acknowledgement), DESIGN promises 1 and 
 * the same MSH-10 from the same sender (MSH-3, MSH-4) is answered with the stored outcome, nothing applied
   twice (the unique key of :class:`Hl7Message` settles races between writers; within a group, the first
   copy's outcome answers the later ones);
-* :meth:`MessageLog.replay` re-processes stored messages (``interop hl7 replay``) through the same code.
+* :meth:`MessageLog.replay` re-processes stored messages (``interop hl7 replay``) through the same code;
+* enhanced mode (§2.9.3), when the sender asks only for an accept acknowledgment (MSH-15 given, MSH-16 empty
+  or ``NE``, as lab systems commonly send): the message is read and mapped as above, so anything wrong with
+  its content is still answered at once (``CE``/``CR`` with the ERR segment), and then only the raw message is
+  committed, ``pending``, before ``CA`` (commit accept: "in safe storage, do not send it again"). The
+  applier (:meth:`MessageLog.apply_pending`, a background loop) writes the resources right after, in arrival
+  order, each message's resources and the end of its ``pending`` in one transaction: exactly once, also across
+  a crash (pending rows are picked up at start). It gives way to a burst of incoming messages for at most
+  ``hl7.apply_max_lag`` seconds, and above ``hl7.max_pending`` waiting messages receiving waits for it, so a
+  burst is taken at the speed of a durable insert and the backlog stays bounded. What the applier finds wrong
+  (a store-level refusal) is kept on the message row, for the API, the metrics and ``interop hl7 replay``.
 
 The work before the commit (header, decode, parse, map: :meth:`MessageLog.prepare`) is pure and runs outside
 the write transaction.
@@ -19,6 +29,7 @@ the write transaction.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import logging
@@ -30,7 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -82,6 +93,8 @@ class Received:
     message_id: int | None
     duplicate: bool = False
     resources: tuple[str, ...] = ()
+    #: Accepted (CA) with its resources still to be written by the applier.
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,8 @@ class Prepared:
     header: Header | None
     outcome: Outcome
     mapped: Mapped | None = None
+    #: Answered with an accept acknowledgment (CA/CE/CR); when accepted, its resources are written later.
+    deferred: bool = False
 
     @property
     def key(self) -> tuple[str, str, str] | None:
@@ -112,16 +127,40 @@ _PRIOR = select(_TABLE.c.id, _TABLE.c.raw, _TABLE.c.control_id, _TABLE.c.ack_cod
     _TABLE.c.control_id == bindparam("cid"))
 
 
+#: Seconds after the last accepted message during which the applier counts the receiver as busy.
+_BUSY_WINDOW = 0.05
+#: Messages the applier writes per transaction; fewer while messages arrived in the last second, so that a
+#: batch holds the write lock (and the interpreter) only briefly while senders wait for their ACKs.
+APPLY_BATCH = 16
+_APPLY_BATCH_BUSY = 4
+#: Accepted messages whose mapping is kept in memory for the applier (beyond: mapped again from the row).
+_KEEP_MAPPED = 2048
+
+
 class MessageLog:
     """Processes received messages into the store and keeps each one with its outcome."""
 
     def __init__(self, db: Database, transaction: Transaction | None, options: MappingOptions, *,
-                 application: str = "INTEROP", facility: str = "", notify_interval: float = 0.25) -> None:
+                 application: str = "INTEROP", facility: str = "", notify_interval: float = 0.25,
+                 commit_acks: bool = False, apply_max_lag: float = 2.0, max_pending: int = 10_000) -> None:
         self.db = db
         self.transaction = transaction
         self.options = options
         self.application = application
         self.facility = facility
+        #: Answer enhanced-mode accept-only messages with CA after a durable insert (``hl7.accept_acknowledgments``).
+        self.commit_acks = commit_acks
+        self.apply_max_lag = apply_max_lag
+        self.max_pending = max_pending
+        #: Called when a message was accepted pending (the applier's wake-up).
+        self.on_accepted: Callable[[], None] | None = None
+        #: Monotonic time each pending message was accepted, oldest first (-inf: found pending at start).
+        self._pending: collections.deque[float] = collections.deque()
+        self._pending_lock = threading.Lock()
+        self._last_accept = -math.inf
+        self._room = threading.Condition(self._pending_lock)
+        #: The mapping of pending messages, by log row, so the applier does not map them twice.
+        self._mapped: dict[int, Prepared] = {}
         #: Called after messages' resources are committed, e.g. to wake routing: at once after a quiet spell,
         #: and during a burst at most once per ``notify_interval`` seconds, always once after the last commit
         #: (:class:`Coalesced`). A wake per commit would have routing re-read its window hundreds of times a
@@ -161,14 +200,17 @@ class MessageLog:
             header = read_header(raw)
         except InteropError as exc:  # no usable MSH: nothing can be routed, so it is refused (AR)
             return Prepared(raw, peer, None, replace(outcome_of(exc), code="AR"))
+        deferred = self.commit_acks and header.commit_ack
         try:
-            return Prepared(raw, peer, header, Outcome("AA"), self.map(raw, header))
+            mapped = self.map(raw, header)
+            outcome = Outcome("AA")
         except InteropError as exc:
-            return Prepared(raw, peer, header, outcome_of(exc))
+            mapped, outcome = None, outcome_of(exc)
         except Exception:  # a bug in the mapping: kept with AE, so that a replay can apply it once fixed
             log.exception("HL7 message %s from %s could not be mapped", header.control_id, header.sender)
-            return Prepared(raw, peer, header, Outcome("AE", "207", "application internal error: the message "
-                                                                   "could not be mapped"))
+            mapped, outcome = None, Outcome("AE", "207", "application internal error: the message could not be "
+                                                         "mapped")
+        return Prepared(raw, peer, header, outcome.as_accept() if deferred else outcome, mapped, deferred)
 
     def map(self, raw: bytes, header: Header) -> Mapped:
         """Decode, parse and map (pure: raises :class:`InteropError` for anything wrong with the message)."""
@@ -184,7 +226,12 @@ class MessageLog:
         and control ID twice (in the log already, or earlier in this group) is answered as the first was.
         Messages later in the group see what earlier ones wrote, so a correction (OBX-11 ``C``) finds the
         Observation its original created in the same group. If the group cannot be committed at all, each
-        message is tried again on its own, so one message's failure never costs the others their ``AA``."""
+        message is tried again on its own, so one message's failure never costs the others their ``AA``.
+
+        An accepted deferred message (enhanced mode, accept acknowledgment only) is inserted ``pending``, its
+        resources left to :meth:`apply_pending`; with ``hl7.max_pending`` messages already waiting, this
+        waits for the applier first."""
+        self._wait_for_room(sum(1 for p in group if p.deferred and p.mapped is not None))
         try:
             with self.db.writing() as s:
                 got = self._record_group(s, group)
@@ -194,6 +241,22 @@ class MessageLog:
                             len(group), exc)
                 return [r for item in group for r in self.record([item])]
             return [self._not_stored(group[0], exc)]
+        accepted = 0
+        for item, r in zip(group, got, strict=True):
+            if r.pending and not r.duplicate and r.message_id is not None:
+                accepted += 1
+                if len(self._mapped) < _KEEP_MAPPED:
+                    self._mapped[r.message_id] = item
+        if accepted:
+            now = time.monotonic()
+            with self._pending_lock:
+                first = not self._pending
+                self._pending.extend([now] * accepted)
+                self._last_accept = now
+            # The applier looks again every few tens of milliseconds anyway: woken only at a burst's start, so a
+            # burst does not pay a thread switch per message.
+            if first and self.on_accepted is not None:
+                self.on_accepted()
         if self.on_stored is not None and any(r.resources and not r.duplicate for r in got):
             self._notify(self.on_stored)
         return got
@@ -219,6 +282,8 @@ class MessageLog:
         if prior is not None:
             return self._duplicate(prior, item)
         outcome = item.outcome
+        if item.mapped is not None and item.deferred:  # CA: kept now, its resources written by apply_pending
+            return Received(item.header, outcome, self._insert(s, item, outcome, [], pending=True), pending=True)
         if item.mapped is not None:
             try:
                 with s.begin_nested():
@@ -234,7 +299,8 @@ class MessageLog:
                 return self._duplicate(prior, item)
         return Received(item.header, outcome, self._insert(s, item, outcome, []))
 
-    def _insert(self, s: Session, item: Prepared, outcome: Outcome, resources: list[str]) -> int:
+    def _insert(self, s: Session, item: Prepared, outcome: Outcome, resources: list[str], *,
+                pending: bool = False) -> int:
         h = item.header
         now = utcnow()
         return int(s.connection().execute(_INSERT, {
@@ -253,6 +319,7 @@ class MessageLog:
             "resources": json.dumps(resources) if resources else None,
             "processed_at": now,
             "replays": 0,
+            "pending": pending,
         }).scalar_one())
 
     def _not_stored(self, item: Prepared, exc: Exception) -> Received:
@@ -291,6 +358,144 @@ class MessageLog:
         outcome = Outcome(prior.ack_code, prior.error_code, prior.error_text, prior.error_location)
         resources = tuple(json.loads(prior.resources)) if prior.resources else ()
         return Received(item.header, outcome, prior.id, duplicate=True, resources=resources)
+
+    # -- the applier: resources of accepted (CA) messages -------------------------------------------------
+
+    def load_pending(self) -> int:
+        """Count the messages left pending by an earlier run (call at start, before receiving): they are due
+        at once. Returns how many there are."""
+        with self.db.reading() as s:
+            n = int(s.scalar(select(func.count()).select_from(_TABLE).where(_TABLE.c.pending)) or 0)
+        with self._pending_lock:
+            self._pending = collections.deque([-math.inf] * n)
+        return n
+
+    @property
+    def pending(self) -> int:
+        """Accepted messages whose resources are not written yet (as this process counts them)."""
+        return len(self._pending)
+
+    def apply_due(self) -> int:
+        """Write pending messages' resources, batch after batch, until none is left or the receiver should
+        have the machine: while messages keep arriving (one accepted in the last 50 ms) the applier gives way,
+        unless the oldest waiting message was accepted ``apply_max_lag`` seconds ago or ``max_pending`` are
+        waiting. Returns how many messages it applied (the background loop calls it again when woken)."""
+        done = 0
+        while self._pending:
+            with self._pending_lock:
+                now = time.monotonic()
+                oldest = self._pending[0] if self._pending else now
+                busy = now - self._last_accept < _BUSY_WINDOW
+                if busy and now - oldest < self.apply_max_lag and len(self._pending) < self.max_pending:
+                    break
+                recent = now - self._last_accept < 1.0
+            n = self.apply_pending(_APPLY_BATCH_BUSY if recent else APPLY_BATCH)
+            if n == 0:
+                with self._pending_lock:  # nothing pending in the database: this process's count is stale
+                    self._pending.clear()
+                    self._mapped.clear()
+                    self._room.notify_all()
+                break
+            done += n
+        return done
+
+    def apply_pending(self, limit: int = APPLY_BATCH) -> int:
+        """Write the resources of up to ``limit`` pending messages, oldest first, in one transaction: each
+        message under its own savepoint, its row taken out of ``pending`` in the same transaction (another
+        applier that got there first is skipped: the row is claimed with ``UPDATE … WHERE pending``). A message
+        the store refuses keeps the error on its row. Returns how many rows it took."""
+        with self.db.reading() as s:
+            rows = s.connection().execute(select(_TABLE.c.id, _TABLE.c.raw, _TABLE.c.peer)
+                                          .where(_TABLE.c.pending).order_by(_TABLE.c.id).limit(limit)).all()
+        if not rows:
+            return 0
+        items: list[tuple[int, Prepared]] = []
+        for r in rows:
+            kept = self._mapped.pop(int(r.id), None)
+            items.append((int(r.id), kept if kept is not None else self.prepare(r.raw, r.peer)))
+        try:
+            with self.db.writing() as s:
+                results = [self._apply_row(s, message_id, item) for message_id, item in items]
+        except Exception as exc:
+            if len(items) > 1:
+                log.warning("HL7: applying %d accepted messages together failed (%s); one by one", len(items), exc)
+                return sum(self._apply_alone(mid, item) for mid, item in items)
+            log.error("HL7: accepted message %s could not be applied", items[0][0], exc_info=exc)
+            self._give_up(items[0][0])
+            results = [None]
+        self._applied(len(items))
+        if self.on_stored is not None and any(results):
+            self._notify(self.on_stored)
+        return len(items)
+
+    def _apply_alone(self, message_id: int, item: Prepared) -> int:
+        try:
+            with self.db.writing() as s:
+                self._apply_row(s, message_id, item)
+        except Exception as exc:
+            log.error("HL7: accepted message %s could not be applied", message_id, exc_info=exc)
+            self._give_up(message_id)
+        return 1
+
+    def _apply_row(self, s: Session, message_id: int, item: Prepared) -> list[str] | None:
+        """Claim one pending row and write its resources (None: another applier took it, or it failed)."""
+        conn = s.connection()
+        claimed = conn.execute(update(_TABLE).where(_TABLE.c.id == message_id, _TABLE.c.pending)
+                               .values(pending=False, processed_at=utcnow())).rowcount
+        if not claimed:
+            return None
+        outcome = item.outcome
+        if item.mapped is not None:
+            try:
+                with s.begin_nested():
+                    resources = self._apply(s, item.mapped)
+                conn.execute(update(_TABLE).where(_TABLE.c.id == message_id)
+                             .values(resources=json.dumps(resources) if resources else None))
+                return resources
+            except InteropError as exc:  # refused by the store: its writes were undone; kept with the error
+                outcome = outcome_of(exc)
+        with logs.correlated(correlation_id(item.header)):
+            log.warning("HL7 message %s was accepted (CA) but its resources could not be written: %s at %s",
+                        message_id, outcome.error_code, outcome.location or "-")
+        metrics.HL7_MESSAGES.labels(item.header.message_type if item.header else "unreadable", "apply-error").inc()
+        conn.execute(update(_TABLE).where(_TABLE.c.id == message_id).values(
+            error_code=outcome.error_code, error_text=outcome.error_text,
+            error_location=(outcome.location or "")[:64] or None))
+        return None
+
+    def _give_up(self, message_id: int) -> None:
+        """A pending message whose transaction cannot commit at all: out of ``pending`` with error 207, so the
+        applier does not retry it forever (``interop hl7 replay`` can, once the cause is fixed)."""
+        try:
+            with self.db.writing() as s:
+                s.connection().execute(update(_TABLE).where(_TABLE.c.id == message_id, _TABLE.c.pending).values(
+                    pending=False, processed_at=utcnow(), error_code="207",
+                    error_text="application internal error: the accepted message could not be applied"))
+        except Exception:
+            log.exception("HL7: accepted message %s could not be marked as failed", message_id)
+
+    def _applied(self, n: int) -> None:
+        with self._pending_lock:
+            for _ in range(min(n, len(self._pending))):
+                self._pending.popleft()
+            self._room.notify_all()
+
+    def _wait_for_room(self, incoming: int, timeout: float = 60.0) -> None:
+        """Wait (the committing thread: so every sender waits for its ACK) while ``max_pending`` accepted
+        messages wait for the applier; after ``timeout`` seconds the messages are taken anyway."""
+        if not incoming:
+            return
+        deadline = time.monotonic() + timeout
+        with self._room:
+            while len(self._pending) >= self.max_pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("HL7: %d accepted messages still wait for the applier after %.0f s; taking more",
+                                len(self._pending), timeout)
+                    return
+                if self.on_accepted is not None:
+                    self.on_accepted()
+                self._room.wait(min(left, 0.5))
 
     # -- replay ----------------------------------------------------------------------------------------------
 
@@ -332,6 +537,9 @@ class MessageLog:
     @staticmethod
     def _update(s: Session, message_id: int, outcome: Outcome, resources: list[str]) -> Hl7Message:
         row = s.get_one(Hl7Message, message_id)
+        if row.ack_code in ("CA", "CE", "CR") or row.pending:  # enhanced mode: told with the accept codes
+            outcome = outcome.as_accept()
+        row.pending = False
         row.ack_code, row.error_code, row.error_text = outcome.code, outcome.error_code, outcome.error_text
         row.error_location = (outcome.location or "")[:64] or None
         row.resources = json.dumps(resources) if resources else None

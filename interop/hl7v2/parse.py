@@ -70,12 +70,20 @@ class Header:
     control_id: str = ""  # MSH-10
     processing_id: str = ""  # MSH-11
     version: str = ""  # MSH-12
+    accept_ack: str = ""  # MSH-15 (table 0155: AL, NE, ER, SU)
+    application_ack: str = ""  # MSH-16 (table 0155)
     charset: str = ""  # MSH-18 (first repetition)
 
     @property
     def message_type(self) -> str:
         """``ORU^R01`` style (message code ^ trigger event)."""
         return f"{self.message_code}^{self.trigger_event}" if self.trigger_event else self.message_code
+
+    @property
+    def commit_ack(self) -> bool:
+        """Enhanced mode asking for an accept acknowledgment only (v2.5.1 §2.9.3: MSH-15 given, MSH-16 empty
+        or ``NE``): the sender wants to hear that the message is in safe storage, and no application ACK."""
+        return bool(self.accept_ack) and self.application_ack in ("", "NE")
 
     @property
     def sender(self) -> str:
@@ -120,6 +128,8 @@ def read_header(raw: bytes) -> Header:
         control_id=field(10),
         processing_id=component(11, 1),
         version=component(12, 1),
+        accept_ack=field(15).strip().upper(),
+        application_ack=field(16).strip().upper(),
         charset=field(18).strip(),
     )
 

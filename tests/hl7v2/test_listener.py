@@ -20,7 +20,7 @@ from interop.hl7v2.mllp import Deframer, frame, send
 from interop.hl7v2.models import Hl7Message
 from interop.store.db import Database
 from tests.conftest import ServerProc
-from tests.hl7v2.support import MESSAGES, database_url, oru, sample, segments
+from tests.hl7v2.support import database_url, original, oru, sample, segments
 
 
 class Node:
@@ -59,12 +59,14 @@ def _mllp_send(port: int, path: Path) -> str:
 
 
 def test_mllp_send_oru_gets_aa_after_its_resources_are_committed(node: Node, tmp_path: Path) -> None:
-    out = _mllp_send(node.server.mllp_port, MESSAGES / "oru_r01_cmp.hl7")
+    path = tmp_path / "oru.hl7"  # in original mode (the sample asks for an accept ACK: test_accept_ack.py)
+    path.write_bytes(original(sample("oru_r01_cmp.hl7")))
+    out = _mllp_send(node.server.mllp_port, path)
     assert "MSA|AA|LAB20261120-0001" in out
     [row] = node.rows()
     assert (row.ack_code, row.control_id, row.message_type, row.sending_application) == (
         "AA", "LAB20261120-0001", "ORU^R01", "LAB_LIS")
-    assert row.raw == sample("oru_r01_cmp.hl7").strip(b"\r")  # what arrived in the frame (mllp_send trims)
+    assert row.raw == original(sample("oru_r01_cmp.hl7")).strip(b"\r")  # what arrived in the frame (mllp_send trims)
     resources = json.loads(row.resources or "[]")
     assert [r.split("/")[0] for r in resources] == ["Patient", "ServiceRequest", "DiagnosticReport"] + \
         ["Observation"] * 8
@@ -81,7 +83,7 @@ def test_mllp_send_every_sample_message_type(node: Node, tmp_path: Path) -> None
     batch.write_bytes(b"\r".join(sample(n).replace(b"\r", b"\n") for n in names if "latin1" not in n))
     out = _mllp_send(node.server.mllp_port, batch)
     assert out.count("MSA|AA|") == len(names) - 1
-    assert node.send(sample("adt_a08_latin1.hl7"))[0]["MSA"][1] == "AA"
+    assert node.send(original(sample("adt_a08_latin1.hl7")))[0]["MSA"][1] == "AA"
     [johan] = node.search("Patient", identifier="urn:oid:2.16.840.1.113883.3.9999.2|MRN551207")
     assert johan["address"][0]["city"] == "Chatham"  # A08 updated what A01 created
     [order] = node.search("ServiceRequest", subject=f"Patient/{johan['id']}")
@@ -91,18 +93,18 @@ def test_mllp_send_every_sample_message_type(node: Node, tmp_path: Path) -> None
 
 
 def test_duplicate_control_id_acknowledged_again_and_stored_once(node: Node) -> None:
-    first, again = node.send(sample("oru_r01_cmp.hl7"), sample("oru_r01_cmp.hl7"))
+    first, again = node.send(original(sample("oru_r01_cmp.hl7")), original(sample("oru_r01_cmp.hl7")))
     assert first["MSA"][1:3] == again["MSA"][1:3] == ["AA", "LAB20261120-0001"]
     assert len(node.rows()) == 1
     [obs] = node.search("Observation", code="http://loinc.org|2345-7")
     assert obs["meta"]["versionId"] == "1"  # not applied a second time
     # the same control ID from another sender is another message
-    other = sample("oru_r01_cmp.hl7").replace(b"|LAB_LIS|", b"|LAB_POC|", 1)
+    other = original(sample("oru_r01_cmp.hl7")).replace(b"|LAB_LIS|", b"|LAB_POC|", 1)
     assert node.send(other)[0]["MSA"][1] == "AA" and len(node.rows()) == 2
 
 
 def test_correction_updates_the_earlier_observation(node: Node) -> None:
-    node.send(sample("oru_r01_cmp.hl7"), sample("oru_r01_cmp_corrected.hl7"))
+    node.send(original(sample("oru_r01_cmp.hl7")), original(sample("oru_r01_cmp_corrected.hl7")))
     [obs] = node.search("Observation", code="http://loinc.org|2345-7")
     assert obs["status"] == "corrected" and obs["valueQuantity"]["value"] == 124 and obs["meta"]["versionId"] == "2"
     [report] = node.search("DiagnosticReport", identifier="urn:hl7v2:GENLAB|FIL-20261120-0457")
@@ -113,7 +115,7 @@ def test_result_is_based_on_the_order_that_came_before_it(node: Node) -> None:
     order = sample("orm_o01.hl7").replace(b"ORD-55101-1^GENHOSP_OE", b"PLC-778812^GENHOSP_OE")
     order = order.replace(b"MRN551207^^^GENHOSP&2.16.840.1.113883.3.9999.2&ISO",
                           b"MRN483920^^^GENHOSP&2.16.840.1.113883.3.9999.2&ISO")
-    acks = node.send(order, sample("oru_r01_cmp.hl7"))
+    acks = node.send(order, original(sample("oru_r01_cmp.hl7")))
     assert [a["MSA"][1] for a in acks] == ["AA", "AA"]
     [sr] = node.search("ServiceRequest", identifier="urn:hl7v2:GENHOSP_OE|PLC-778812")
     assert sr["status"] == "active" and sr["code"]["coding"][0]["code"] == "24627-2"  # the order's, kept
@@ -180,7 +182,7 @@ def test_many_connections_at_once(node: Node) -> None:
 
 
 def test_cli_replay_reprocesses_stored_messages(node: Node) -> None:
-    node.send(sample("oru_r01_cmp.hl7"), oru("R2").replace(b"||5.4|", b"||high|"))
+    node.send(original(sample("oru_r01_cmp.hl7")), oru("R2").replace(b"||5.4|", b"||high|"))
     out = subprocess.run([sys.executable, "-m", "interop", "hl7", "replay"], env=node.server.env,
                          capture_output=True, text=True, timeout=60, check=True)
     lines = out.stdout.strip().splitlines()
