@@ -221,8 +221,9 @@ class MessageLog:
         """Store a group of prepared messages, in order, in *one* database transaction (one commit, one
         fsync), and return each one's outcome; only then may any of them be acknowledged.
 
-        Each message's rows and resources go in under its own savepoint, so a message whose resources the
-        store refuses is kept with its error (AE) and the rest of the group is unaffected. The same sender
+        A message whose resources the store refuses is kept with its error (AE) and the rest of the group is
+        unaffected: the group is first written without savepoints (each costs statements and bookkeeping), and
+        if anything in it fails, undone and written again with each message under its own savepoint. The same sender
         and control ID twice (in the log already, or earlier in this group) is answered as the first was.
         Messages later in the group see what earlier ones wrote, so a correction (OBX-11 ``C``) finds the
         Observation its original created in the same group. If the group cannot be committed at all, each
@@ -233,8 +234,12 @@ class MessageLog:
         waits for the applier first."""
         self._wait_for_room(sum(1 for p in group if p.deferred and p.mapped is not None))
         try:
-            with self.db.writing() as s:
-                got = self._record_group(s, group)
+            try:
+                with self.db.writing() as s:
+                    got = self._record_group(s, group, isolated=False)
+            except Exception:  # e.g. one message refused by the store: again, each under its savepoint
+                with self.db.writing() as s:
+                    got = self._record_group(s, group, isolated=True)
         except Exception as exc:
             if len(group) > 1:
                 log.warning("HL7: a group of %d messages could not be committed (%s); storing them one by one",
@@ -261,7 +266,7 @@ class MessageLog:
             self._notify(self.on_stored)
         return got
 
-    def _record_group(self, s: Session, group: Sequence[Prepared]) -> list[Received]:
+    def _record_group(self, s: Session, group: Sequence[Prepared], *, isolated: bool) -> list[Received]:
         first: dict[tuple[str, str, str], tuple[Prepared, Received]] = {}
         out: list[Received] = []
         for item in group:
@@ -271,19 +276,24 @@ class MessageLog:
                 _warn_reused(earlier[0].raw, item, earlier[1].message_id)
                 out.append(replace(earlier[1], header=item.header, duplicate=True))
                 continue
-            got = self._record_one(s, item)
+            got = self._record_one(s, item, isolated=isolated)
             if key is not None:
                 first[key] = (item, got)
             out.append(got)
         return out
 
-    def _record_one(self, s: Session, item: Prepared) -> Received:
+    def _record_one(self, s: Session, item: Prepared, *, isolated: bool) -> Received:
+        """Store one message; ``isolated``: under a savepoint, a refusal kept as its outcome (otherwise raised)."""
         prior = self._find(s, item.key)
         if prior is not None:
             return self._duplicate(prior, item)
         outcome = item.outcome
         if item.mapped is not None and item.deferred:  # CA: kept now, its resources written by apply_pending
             return Received(item.header, outcome, self._insert(s, item, outcome, [], pending=True), pending=True)
+        if item.mapped is not None and not isolated:
+            resources = self._apply(s, item.mapped)
+            message_id = self._insert(s, item, outcome, resources)
+            return Received(item.header, outcome, message_id, resources=tuple(resources))
         if item.mapped is not None:
             try:
                 with s.begin_nested():
@@ -400,10 +410,11 @@ class MessageLog:
         return done
 
     def apply_pending(self, limit: int = APPLY_BATCH) -> int:
-        """Write the resources of up to ``limit`` pending messages, oldest first, in one transaction: each
-        message under its own savepoint, its row taken out of ``pending`` in the same transaction (another
-        applier that got there first is skipped: the row is claimed with ``UPDATE … WHERE pending``). A message
-        the store refuses keeps the error on its row. Returns how many rows it took."""
+        """Write the resources of up to ``limit`` pending messages, oldest first, in one transaction, each row
+        taken out of ``pending`` in the same transaction (claimed with ``UPDATE … WHERE pending``, so another
+        applier that got there first is skipped). Should one of them fail (the store refuses its Bundle, or a
+        bug), the batch is undone and each message applied in its own transaction: a refusal then stays on
+        its row, the others commit. Returns how many rows it took."""
         with self.db.reading() as s:
             rows = s.connection().execute(select(_TABLE.c.id, _TABLE.c.raw, _TABLE.c.peer)
                                           .where(_TABLE.c.pending).order_by(_TABLE.c.id).limit(limit)).all()
@@ -414,31 +425,29 @@ class MessageLog:
             kept = self._mapped.pop(int(r.id), None)
             items.append((int(r.id), kept if kept is not None else self.prepare(r.raw, r.peer)))
         try:
-            with self.db.writing() as s:
-                results = [self._apply_row(s, message_id, item) for message_id, item in items]
+            with self.db.writing() as s:  # no savepoint per message: the batch is redone one by one if need be
+                results = [self._apply_row(s, message_id, item, alone=False) for message_id, item in items]
         except Exception as exc:
-            if len(items) > 1:
+            if not isinstance(exc, InteropError):
                 log.warning("HL7: applying %d accepted messages together failed (%s); one by one", len(items), exc)
-                return sum(self._apply_alone(mid, item) for mid, item in items)
-            log.error("HL7: accepted message %s could not be applied", items[0][0], exc_info=exc)
-            self._give_up(items[0][0])
-            results = [None]
+            results = [self._apply_alone(message_id, item) for message_id, item in items]
         self._applied(len(items))
         if self.on_stored is not None and any(results):
             self._notify(self.on_stored)
         return len(items)
 
-    def _apply_alone(self, message_id: int, item: Prepared) -> int:
+    def _apply_alone(self, message_id: int, item: Prepared) -> list[str] | None:
         try:
             with self.db.writing() as s:
-                self._apply_row(s, message_id, item)
+                return self._apply_row(s, message_id, item, alone=True)
         except Exception as exc:
             log.error("HL7: accepted message %s could not be applied", message_id, exc_info=exc)
             self._give_up(message_id)
-        return 1
+            return None
 
-    def _apply_row(self, s: Session, message_id: int, item: Prepared) -> list[str] | None:
-        """Claim one pending row and write its resources (None: another applier took it, or it failed)."""
+    def _apply_row(self, s: Session, message_id: int, item: Prepared, *, alone: bool) -> list[str] | None:
+        """Claim one pending row and write its resources (None: another applier took it, or it failed). In a
+        batch (not ``alone``) a refusal by the store is raised, to undo the batch; alone, it is kept on the row."""
         conn = s.connection()
         claimed = conn.execute(update(_TABLE).where(_TABLE.c.id == message_id, _TABLE.c.pending)
                                .values(pending=False, processed_at=utcnow())).rowcount
@@ -447,12 +456,17 @@ class MessageLog:
         outcome = item.outcome
         if item.mapped is not None:
             try:
-                with s.begin_nested():
+                if alone:
+                    with s.begin_nested():
+                        resources = self._apply(s, item.mapped)
+                else:
                     resources = self._apply(s, item.mapped)
                 conn.execute(update(_TABLE).where(_TABLE.c.id == message_id)
                              .values(resources=json.dumps(resources) if resources else None))
                 return resources
             except InteropError as exc:  # refused by the store: its writes were undone; kept with the error
+                if not alone:
+                    raise
                 outcome = outcome_of(exc)
         with logs.correlated(correlation_id(item.header)):
             log.warning("HL7 message %s was accepted (CA) but its resources could not be written: %s at %s",
