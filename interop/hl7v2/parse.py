@@ -226,6 +226,16 @@ class Segment:
             return [[[text]]]
         d = self._delims
         sub = d.subcomponent
+        if not (d.esc and d.esc in text):  # the common field: no escape sequence to resolve
+            comp, rep_sep = d.component, d.repetition
+            empty = comp + sub
+            out: Reps = []
+            for rep in (text.split(rep_sep) if rep_sep in text else (text,)):
+                if not rep.strip(empty):  # a repetition with every leaf empty is no repetition
+                    continue
+                comps = rep.split(comp) if comp in rep else [rep]
+                out.append([c.split(sub) if sub and sub in c else [c] for c in comps])
+            return out
         reps: Reps = [
             [[self._unescape(s) for s in comp.split(sub)] if sub and sub in comp else [self._unescape(comp)]
              for comp in rep.split(d.component)]
