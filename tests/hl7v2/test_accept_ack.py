@@ -81,13 +81,27 @@ def test_duplicate_of_an_accepted_message_is_answered_ca_and_kept_once(store: Lo
     assert len(store.rows()) == 1 and len(store.search("Observation")) == 2
 
 
-def test_content_errors_are_answered_at_once_with_ce_and_err(store: Log) -> None:
-    ack = segments(store.log.handle(_oru("E1").replace(b"||5.4|", b"||high|")))
-    assert ack["MSA"][1:3] == ["CE", "E1"]
-    assert ack["ERR"][2].startswith("OBX^1^5") and ack["ERR"][3].startswith("102^")
-    [row] = store.rows()
-    assert (row.ack_code, row.pending, row.error_code) == ("CE", False, "102")
+def test_unreadable_message_is_answered_ce_at_once_and_kept_unapplied(store: Log) -> None:
+    broken = _oru("E1").replace(b"\rPID|1|", b"\rP@D|1|")  # not a segment
+    latin1 = _oru("E2").replace(b"Doe^Jane", "Doe^Zoë".encode("latin-1"))  # not UTF-8
+    acks = [segments(store.log.handle(raw)) for raw in (broken, latin1)]
+    assert [a["MSA"][1:3] for a in acks] == [["CE", "E1"], ["CE", "E2"]]
+    assert acks[0]["ERR"][3].startswith("100^") and acks[1]["ERR"][3].startswith("102^")
+    assert acks[1]["ERR"][2] == "PID^1^5"
+    rows = store.rows()
+    assert [(r.ack_code, r.pending, r.error_code) for r in rows] == [("CE", False, "100"), ("CE", False, "102")]
     assert store.log.apply_pending() == 0 and store.search("DiagnosticReport") == []
+
+
+def test_content_error_is_found_by_the_applier_and_kept_on_the_row(store: Log) -> None:
+    # The sender asked for no application ACK: a value that is not a number is not the accept ACK's business.
+    [got] = store.record(_oru("E3").replace(b"||5.4|", b"||high|"))
+    assert got.outcome.code == "CA" and got.pending
+    assert store.log.apply_pending() == 1
+    [row] = store.rows()
+    assert (row.ack_code, row.pending, row.error_code, row.error_location) == ("CA", False, "102", "OBX[1]-5")
+    assert "high" in (row.error_text or "") and row.resources is None
+    assert store.search("DiagnosticReport") == []
 
 
 def test_unsupported_message_type_is_answered_cr(store: Log) -> None:
