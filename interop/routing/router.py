@@ -279,7 +279,10 @@ class Router:
         The window is read in keyset pages of ``(last_updated, pk)``, narrow columns first; only versions not
         yet routed have their subject read. The cursor is saved after each page's patients are routed, so a
         window holding more Observations than a page (a burst, or a first start over a filled store) is read
-        to its end instead of the same first page again, and a crash mid-window loses nothing."""
+        to its end instead of the same first page again, and a crash mid-window loses nothing. Only a patient
+        with a fresh Observation whose code is in some lab rule's set is routed: another result can make no lab
+        set newly complete (a lab feed's metabolic panels then cost the router one read each, not a search)."""
+        wanted = lab_codes([r for r in self.rules.rules() if r.enabled and r.study is None and r.labs is not None])
         cur = self._cursor("observations")
         since = (cur.at - OVERLAP) if cur.at else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
         self._seen = {k: t for k, t in self._seen.items() if t > since}
@@ -307,7 +310,11 @@ class Router:
             for r in fresh:
                 stored = aware(r.last_updated) or since
                 content = contents.get(r.pk)
-                subject = (json.loads(content).get("subject") or {}).get("reference", "") if content else ""
+                obs = json.loads(content) if content else {}
+                codings = (obs.get("code") or {}).get("coding", [])
+                if not {f"{c.get('system', '')}|{c.get('code', '')}" for c in codings} & wanted:
+                    continue
+                subject = (obs.get("subject") or {}).get("reference", "")
                 if subject.startswith("Patient/"):
                     patients[subject] = max(stored, patients.get(subject, stored))
             for ref, stored in sorted(patients.items()):

@@ -92,3 +92,18 @@ def test_an_updated_result_routes_its_patient_again(jobs: Jobs, monkeypatch: pyt
     jobs.fhir.update("Observation", obs_id, corrected)
     jobs.router.poll()
     assert calls == ["Patient/u2"]
+
+
+def test_a_result_outside_every_lab_set_routes_no_one(jobs: Jobs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a code some lab rule needs can complete a lab set: a metabolic panel's sodium is read, not routed."""
+    calls = routed(jobs, monkeypatch)
+    sodium = observation("p-na", 0)
+    sodium["code"]["coding"][0]["code"] = "2951-2"
+    other_system = observation("p-local", 0)
+    other_system["code"]["coding"][0]["system"] = "urn:local-lab"  # the same code in another system
+    post_all(jobs, [sodium, other_system])
+    jobs.router.poll()
+    assert calls == []
+    post_all(jobs, [observation("p-na", 1)])  # glucose: in the rule's set
+    jobs.router.poll()
+    assert calls == ["Patient/p-na"]
