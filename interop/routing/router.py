@@ -8,7 +8,6 @@ Reading an event twice is harmless: a job's idempotency key (app + model version
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,7 +20,7 @@ from interop.background import Loop
 from interop.config import JobSettings, RoutingRule
 from interop.errors import NotFound
 from interop.fhir.imaging_study import sync_imaging_study
-from interop.fhir.models import FhirResource
+from interop.fhir.models import FhirResource, FhirSearchIndex
 from interop.fhir.store import FhirStore
 from interop.hl7v2.models import Hl7Message
 from interop.jobs.models import RouterCursor
@@ -299,23 +298,26 @@ class Router:
                 page = s.execute(q.order_by(FhirResource.last_updated, FhirResource.pk)
                                  .limit(self.lab_page)).all()
                 fresh = [r for r in page if (r.pk, r.version_id) not in self._seen]
-                contents: dict[int, str | None] = {
-                    pk: content for pk, content in s.execute(select(FhirResource.pk, FhirResource.content)
-                                                             .where(FhirResource.pk.in_([r.pk for r in fresh])))
-                } if fresh else {}
+                # code and subject from the search index (covering index by resource): no content to parse
+                codes: dict[int, set[str]] = {}
+                subjects: dict[int, str] = {}
+                if fresh:
+                    for pk, param, system, value in s.execute(
+                            select(FhirSearchIndex.resource_pk, FhirSearchIndex.param, FhirSearchIndex.system,
+                                   FhirSearchIndex.value).where(FhirSearchIndex.resource_pk.in_([r.pk for r in fresh]),
+                                                                FhirSearchIndex.param.in_(("code", "subject")))):
+                        if param == "code":
+                            codes.setdefault(pk, set()).add(f"{system or ''}|{value or ''}")
+                        elif system == "Patient" and value:
+                            subjects[pk] = f"Patient/{value}"
             if not page:
                 break
             after = (page[-1].last_updated, page[-1].pk)
             patients: dict[str, dt.datetime] = {}
             for r in fresh:
                 stored = aware(r.last_updated) or since
-                content = contents.get(r.pk)
-                obs = json.loads(content) if content else {}
-                codings = (obs.get("code") or {}).get("coding", [])
-                if not {f"{c.get('system', '')}|{c.get('code', '')}" for c in codings} & wanted:
-                    continue
-                subject = (obs.get("subject") or {}).get("reference", "")
-                if subject.startswith("Patient/"):
+                subject = subjects.get(r.pk)
+                if subject and codes.get(r.pk, set()) & wanted:
                     patients[subject] = max(stored, patients.get(subject, stored))
             for ref, stored in sorted(patients.items()):
                 new += self.route_patient(ref, triggered_at=stored)
