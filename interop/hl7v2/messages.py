@@ -397,17 +397,23 @@ class MessageLog:
         """Write pending messages' resources, batch after batch, until none is left or the receiver should
         have the machine: while messages keep arriving (one accepted in the last 50 ms) the applier gives way,
         unless the oldest waiting message was accepted ``apply_max_lag`` seconds ago or ``max_pending`` are
-        waiting. Returns how many messages it applied (the background loop calls it again when woken)."""
+        waiting. Overdue while messages keep arriving, it takes at most half the time: after each batch it
+        pauses as long as the batch took, so a long burst is still acknowledged at a good rate until
+        ``max_pending`` are waiting (then the receiver waits for it). Returns how many messages it applied (the
+        background loop calls it again when woken)."""
         done = 0
         while self._pending:
             with self._pending_lock:
                 now = time.monotonic()
                 oldest = self._pending[0] if self._pending else now
                 busy = now - self._last_accept < _BUSY_WINDOW
-                if busy and now - oldest < self.apply_max_lag and len(self._pending) < self.max_pending:
+                full = len(self._pending) >= self.max_pending
+                if busy and now - oldest < self.apply_max_lag and not full:
                     break
                 recent = now - self._last_accept < 1.0
             n = self.apply_pending(_APPLY_BATCH_BUSY if recent else APPLY_BATCH)
+            if busy and not full:
+                time.sleep(min(time.monotonic() - now, 0.2))
             if n == 0:
                 with self._pending_lock:  # nothing pending in the database: this process's count is stale
                     self._pending.clear()
