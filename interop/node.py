@@ -136,6 +136,7 @@ class Node:
         pending = self.hl7.load_pending()
         if pending:
             log.info("%d accepted HL7 message(s) still have their resources to write: applying them", pending)
+        self.hl7.stopping.clear()
         self._hl7_apply.start(at_once=True)
         self.mllp.start()
         self.assembler.start()
@@ -176,6 +177,7 @@ class Node:
         deadline = self._stop_deadline if self._stop_deadline is not None else time.monotonic()
         self.stopping.set()
         self.mllp.stop(grace=max(0.0, deadline - time.monotonic()))
+        self.hl7.stopping.set()
         self._hl7_apply.stop()  # what it had not applied stays pending, for the next start
         self.dimse.stop(grace=max(0.0, deadline - time.monotonic()))
         self._retention_loop.stop()

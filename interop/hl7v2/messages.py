@@ -162,6 +162,8 @@ class MessageLog:
         self._pending_lock = threading.Lock()
         self._last_accept = -math.inf
         self._room = threading.Condition(self._pending_lock)
+        #: Set at shutdown: the applier stops after its current batch (what it had not applied stays pending).
+        self.stopping = threading.Event()
         #: Called after messages' resources are committed, e.g. to wake routing: at once after a quiet spell,
         #: and during a burst at most once per ``notify_interval`` seconds, always once after the last commit
         #: (:class:`Coalesced`). A wake per commit would have routing re-read its window hundreds of times a
@@ -402,7 +404,7 @@ class MessageLog:
         ``max_pending`` are waiting (then the receiver waits for it). Returns how many messages it applied (the
         background loop calls it again when woken)."""
         done = 0
-        while self._pending:
+        while self._pending and not self.stopping.is_set():
             with self._pending_lock:
                 now = time.monotonic()
                 oldest = self._pending[0] if self._pending else now
