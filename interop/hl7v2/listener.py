@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from interop.config import Hl7Settings
 from interop.errors import InteropError, MessageTooLarge
+from interop.hl7v2.ack import Outcome
 from interop.hl7v2.group import GroupCommit
 from interop.hl7v2.messages import MessageLog, Received, outcome_of
 from interop.hl7v2.mllp import Deframer, Oversized, frame
@@ -217,7 +218,7 @@ class MllpListener:
             except InteropError:
                 header = None
             log.warning("MLLP: message %s refused unstored: %s", header.control_id if header else "?", err.message)
-            got = Received(header, outcome_of(err), None)
+            got = Received(header, self._told(header, outcome_of(err)), None)
             return self.messages.reply(got)
         return None
 
@@ -231,5 +232,11 @@ class MllpListener:
                               "limit (hl7.max_message_bytes); it was not stored")
         log.warning("MLLP: refused a %d-byte message from %s (control ID %s)", item.size,
                     header.sender if header else "?", header.control_id if header else "?")
-        return self.messages.ack(header, outcome_of(err))
+        return self.messages.ack(header, self._told(header, outcome_of(err)))
+
+    def _told(self, header: Header | None, outcome: Outcome) -> Outcome:
+        """A refusal in the codes the sender asked for: CE/CR to a message that wants an accept acknowledgment."""
+        if header is not None and self.messages.commit_acks and header.commit_ack:
+            return outcome.as_accept()
+        return outcome
 

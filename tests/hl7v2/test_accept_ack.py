@@ -232,3 +232,23 @@ def test_mllp_send_gets_ca_and_the_resources_follow(server: ServerProc) -> None:
         assert 'interop_hl7_messages_total{ack="CA",message_type="ORU^R01"} 1.0' in metrics
     finally:
         db.dispose()
+
+
+def test_refusals_before_storing_use_the_accept_codes(store: Log) -> None:
+    from interop.config import Hl7Settings
+    from interop.errors import InsufficientStorage
+    from interop.hl7v2.listener import MllpListener
+    from interop.hl7v2.mllp import Oversized
+
+    listener = MllpListener(Hl7Settings(), store.log)
+
+    def full() -> None:
+        raise InsufficientStorage("storage is nearly full")
+
+    listener.admit = full
+    refused = listener._refused(_oru("X1"))
+    assert refused is not None and segments(refused)["MSA"][1:3] == ["CE", "X1"]
+    assert segments(listener._refused(oru("X2")) or b"")["MSA"][1] == "AE"  # original mode
+    big = listener._oversized(Oversized(_oru("X3")[:200], 5 << 20))
+    assert segments(big)["MSA"][1:3] == ["CR", "X3"]
+    assert store.rows() == []
