@@ -8,7 +8,8 @@
 * ``interop migrate``: bring the database schema up to date (``serve`` does this too);
 * ``interop store check``: list stored objects that no index row points at (left by a crash);
 * ``interop retention run [--dry-run]``: delete received images whose results were delivered (retention.*);
-* ``interop hl7 replay``: re-process stored HL7 v2 messages; ``interop hl7 check``: full structure check;
+* ``interop hl7 list``: the newest stored HL7 v2 messages with their ACK and error (or pending); ``interop hl7 replay``:
+  re-process stored messages; ``interop hl7 check``: full structure check;
 * ``interop log-id UID``: the correlation id the logs use for a study (interop.logs).
 * ``interop models list|activate|shadow|install``: model versions (interop.mlops);
   ``interop feedback export``: the sign-off feedback table for the apps' train scripts.
@@ -315,12 +316,38 @@ def _hl7_replay(args: argparse.Namespace) -> int:
         if since.tzinfo is None:
             since = since.astimezone()
     n = 0
-    for row, outcome in node.hl7.replay(ids=args.id or None, since=since, codes=args.ack or None):
+    for row, outcome in node.hl7.replay(ids=args.id or None, since=since, codes=args.ack or None,
+                                        errors=args.errors):
         n += 1
-        err = f" {outcome.error_code} {outcome.error_text}" if outcome.code != "AA" else ""
+        err = f" {outcome.error_code} {outcome.error_text}" if outcome.error_code else ""
         print(f"{row.id}\t{row.sending_application}/{row.sending_facility}\t{row.control_id}\t{row.message_type}\t"
               f"{outcome.code}{err}")
     print(f"{n} message(s) replayed", file=sys.stderr)
+    return 0
+
+
+def _hl7_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from interop.hl7v2.models import Hl7Message
+    from interop.store.db import Database
+
+    db = Database(_settings(args).db_url)
+    db.migrate()
+    q = select(Hl7Message).order_by(Hl7Message.id.desc()).limit(args.limit)
+    if args.ack:
+        q = q.where(Hl7Message.ack_code.in_(args.ack))
+    if args.errors:
+        q = q.where(Hl7Message.error_code.is_not(None))
+    if args.pending:
+        q = q.where(Hl7Message.pending)
+    with db.reading() as s:
+        rows = list(s.scalars(q))
+    for row in reversed(rows):
+        state = "pending" if row.pending else (f"{row.error_code} at {row.error_location or '-'}: {row.error_text}"
+                                               if row.error_code else "ok")
+        print(f"{row.id}\t{row.received_at.isoformat(timespec='seconds')}\t{row.sending_application}/"
+              f"{row.sending_facility}\t{row.control_id}\t{row.message_type}\t{row.ack_code}\t{state}")
     return 0
 
 
@@ -511,8 +538,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp = h_sub.add_parser("replay", help="re-process stored messages (all, or those selected), oldest first")
     rp.add_argument("--id", type=int, action="append", help="message log id (repeatable)")
     rp.add_argument("--since", help="received at or after this ISO 8601 time (local time if no offset)")
-    rp.add_argument("--ack", action="append", choices=["AA", "AE", "AR"], help="only messages last answered so")
+    rp.add_argument("--ack", action="append", choices=["AA", "AE", "AR", "CA", "CE", "CR"],
+                    help="only messages last answered so")
+    rp.add_argument("--errors", action="store_true",
+                    help="only messages with an error recorded (AE/AR, or accepted with CA and not applied)")
     rp.set_defaults(func=_hl7_replay)
+    hl = h_sub.add_parser("list", help="the newest stored messages: sender, control ID, ACK, error or pending")
+    hl.add_argument("--ack", action="append", choices=["AA", "AE", "AR", "CA", "CE", "CR"],
+                    help="only messages answered so")
+    hl.add_argument("--errors", action="store_true", help="only messages with an error recorded")
+    hl.add_argument("--pending", action="store_true", help="only accepted messages not applied yet")
+    hl.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    hl.set_defaults(func=_hl7_list)
     hc = h_sub.add_parser("check", help="full HL7 v2.5.1 structure check (hl7apy) of stored messages")
     hc.add_argument("--id", type=int, action="append", required=True, help="message log id (repeatable)")
     hc.set_defaults(func=_hl7_check)

@@ -526,13 +526,16 @@ class MessageLog:
     # -- replay ----------------------------------------------------------------------------------------------
 
     def replay(self, *, ids: list[int] | None = None, since: dt.datetime | None = None,
-               codes: list[str] | None = None) -> Iterator[tuple[Hl7Message, Outcome]]:
+               codes: list[str] | None = None, errors: bool = False) -> Iterator[tuple[Hl7Message, Outcome]]:
         """Re-process stored messages in the order they were received, updating each one's outcome and
         resources; yields each row with its new outcome. Conditional writes make a replay of an applied
         message change nothing but versions; replaying an *older* message alone re-applies its content over
-        later ones, so replay ranges, not single old messages, where results were corrected since."""
+        later ones, so replay ranges, not single old messages, where results were corrected since. ``errors``:
+        only messages with an error recorded (an AE/AR, or a CA message the applier could not apply)."""
         with self.db.reading() as s:
             q = select(Hl7Message.id).order_by(Hl7Message.id)
+            if errors:
+                q = q.where(Hl7Message.error_code.is_not(None))
             if ids:
                 q = q.where(Hl7Message.id.in_(ids))
             if since is not None:

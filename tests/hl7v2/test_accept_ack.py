@@ -9,6 +9,7 @@ the SIGKILL case is in ``test_crash.py``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -252,3 +253,21 @@ def test_refusals_before_storing_use_the_accept_codes(store: Log) -> None:
     big = listener._oversized(Oversized(_oru("X3")[:200], 5 << 20))
     assert segments(big)["MSA"][1:3] == ["CR", "X3"]
     assert store.rows() == []
+
+
+def test_cli_lists_what_the_applier_found_and_replays_only_those(store: Log, tmp_path: Path) -> None:
+    store.record(_oru("C1"), _oru("C2").replace(b"||5.4|", b"||high|"))
+    store.log.apply_pending()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("INTEROP_")},
+           "INTEROP_DATABASE_URL": str(store.db.engine.url.render_as_string(hide_password=False)),
+           "INTEROP_DATA_DIR": str(tmp_path / "data")}
+
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, "-m", "interop", "hl7", *args], env=env, capture_output=True,
+                              text=True, timeout=120, check=True).stdout
+
+    listed = cli("list", "--errors").strip().splitlines()
+    assert len(listed) == 1 and "\tC2\t" in listed[0] and "\tCA\t102 at OBX[1]-5" in listed[0]
+    assert [ln.split("\t")[3] for ln in cli("list").strip().splitlines()] == ["C1", "C2"]
+    replayed = cli("replay", "--errors").strip().splitlines()
+    assert len(replayed) == 1 and replayed[0].split("\t")[2] == "C2" and replayed[0].split("\t")[4].startswith("CA 102")
