@@ -1,9 +1,13 @@
 """MLLP ingest: ORU^R01 messages per second with durable ACKs, our node beside a bare durable MLLP server.
 
-* ``interop``: ``interop serve`` on its defaults (SQLite, ``synchronous=FULL``; or ``--postgres``): each
-  message is parsed, mapped to a FHIR transaction Bundle (Patient, ServiceRequest, DiagnosticReport,
-  8 Observations) and committed with its raw copy before ``AA`` goes back (HL7 v2.5.1 Ch. 2 §2.9.2; DESIGN
-  promise 1); messages that arrive together share one commit (``interop/hl7v2/group.py``).
+* ``interop``: ``interop serve`` on its defaults (SQLite, ``synchronous=FULL``; or ``--postgres``). The sample
+  says ``AL|NE`` in MSH-15/16 (enhanced mode, accept acknowledgment only), so the node checks and parses it,
+  commits the raw message and answers ``CA`` (HL7 v2.5.1 §2.9.3); its applier then maps it to a FHIR
+  transaction Bundle (Patient, ServiceRequest, DiagnosticReport, 8 Observations) and writes it. Rows marked
+  ``AA`` send the same message with MSH-15/16 emptied (original mode): mapped, written and committed with its
+  raw copy before ``AA`` (§2.9.2); messages that arrive together share one commit (``interop/hl7v2/group.py``).
+  For each node row the bench also waits until no accepted message is left unapplied (it reads the node's
+  database) and reports that "applied" rate; the CPU column includes the applying.
 * ``bare``: this file's ``--bare-server``: an asyncio MLLP server that reads MSH-10 from the frame, inserts
   the raw message into SQLite (WAL, ``synchronous=FULL``: one fsync'd commit per message; or the same
   PostgreSQL cluster, one commit per message) and answers ``AA``. It does nothing else, so it is the
@@ -11,14 +15,14 @@
 
 Both run as separate processes on loopback with TCP_NODELAY; the client sends the 8-result metabolic panel
 (``tests/hl7v2/messages/oru_r01_cmp.hl7``) with a fresh control ID, filler order number and one of 50 patients
-per message, send-and-wait on each connection (original mode), on 1 and on ``--conns`` connections, in the
+per message, send-and-wait on each connection, on 1 and on ``--conns`` connections, in the
 same run, alternating servers each round; ``--window W`` adds a row where one connection keeps W messages in
 flight (pipelined; ACKs still checked one by one, in order). Beside each rate, the CPU time the server's
 process tree spent per message (user + system): on a shared, noisy VM the steadier figure. Before timing,
 the bench waits until the node's process tree is idle (``interop serve`` loads the recommender's embedding
 model and a warm app process in the background at start-up, seconds of CPU that would otherwise land in the
-first round). Output: messages/s per server (median of the rounds), the ratio ours/bare, and CPU ms per
-message.
+first round). Output: acknowledged messages/s per server (median of the rounds), the node's applied rate,
+the ratio ours/bare, and CPU ms per message. ``--mode enhanced|original`` measures one mode only.
 
     .venv/bin/python bench/mllp_ingest.py                       # --n 1000 --conns 4 --rounds 3
     .venv/bin/python bench/mllp_ingest.py --postgres --window 8 # also on a throwaway PostgreSQL cluster
