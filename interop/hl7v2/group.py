@@ -1,26 +1,26 @@
 """Group commit of received HL7 v2 messages: one database transaction, and so one fsync, for every message
 that arrived while the previous group was being committed (DESIGN promise 1; HL7 v2.5.1 Ch. 2 §2.9.2).
 
-Group commit keeps an original-mode ``AA`` meaning "the message and its FHIR resources are committed", and
-takes off each message what can be shared: the commit and its fsync, the transaction's begin, the session.
-A message in enhanced mode that asks only for an accept acknowledgment (MSH-15 given, MSH-16 empty or ``NE``)
-goes through the same queue, but its group commits only the raw message (``CA``: kept durably); its resources
-are written after the ACK by the applier (:meth:`MessageLog.apply_pending`). That is what the standard's
-accept acknowledgment says (§2.9.3.1: the message is in safe storage), and it is what makes a burst fast: the
-receive path is then a read, a map and one small insert, while the FHIR store's validation and index writes
-(the bulk of a message's CPU) run behind it. In original mode they stay in front of the ACK, because ``AA``
-says they are done.
+Group commit keeps an original-mode ``AA`` meaning "the message and its FHIR resources are committed", and takes
+off each message what can be shared: the commit and its fsync, the transaction's begin, the session. A message
+in enhanced mode that asks only for an accept acknowledgment (MSH-15 given, MSH-16 empty or ``NE``) goes through
+the same queue, but its group commits only the raw message (``CA``: kept durably); its resources are written
+after the ACK by the applier (:meth:`MessageLog.apply_pending`). That is what the standard's accept
+acknowledgment says (§2.9.3.1: the message is in safe storage), and it is what makes a burst fast: the receive
+path is then a read, a parse and one small insert, while the mapping and the FHIR store's validation and index
+writes (the bulk of a message's CPU) run behind it. In original mode they stay in front of the ACK, because
+``AA`` says they are done.
 
-How: :meth:`GroupCommit.submit` is called by a connection for each frame in the order it arrived. The
-message is read and mapped at once on the worker pool (pure work, :meth:`MessageLog.prepare`), while one
-committing thread takes the queue in order: everything waiting when it comes round goes into one
-:meth:`MessageLog.record` (up to ``max_group`` messages), which commits it and resolves each message's
-future; only then does the connection write that message's ACK. A connection's messages therefore reach the
-store in the order sent, also when it pipelines them; connections run side by side; a sender that waits for
-each ACK (original mode) simply finds its next message in the next group. With one connection sending and
-waiting, a group is one message and nothing is saved; with several, the commit is shared. ``max_group``
-bounds how long one group holds the database's write lock (on SQLite every other writer, a C-STORE or a
-FHIR create, waits for it): 16 messages of ~5–10 ms each.
+How: :meth:`GroupCommit.submit` is called by a connection for each frame in the order it arrived. The message is
+read (and mapped, unless accept-only) at once on the worker thread (pure work, :meth:`MessageLog.prepare`),
+while one committing thread takes the queue in order: everything waiting when it comes round goes into one
+:meth:`MessageLog.record` (up to ``max_group`` messages), which commits it and resolves each message's future;
+only then does the connection write that message's ACK. A connection's messages therefore reach the store in the
+order sent, also when it pipelines them; connections run side by side; a sender that waits for each ACK
+(original mode) simply finds its next message in the next group. With one connection sending and waiting, a
+group is one message and nothing is saved; with several, the commit is shared. ``max_group`` bounds how long one
+group holds the database's write lock (on SQLite every other writer, a C-STORE or a FHIR create, waits for it):
+16 messages of ~5–10 ms each in original mode, far less for accept-only ones.
 """
 
 from __future__ import annotations

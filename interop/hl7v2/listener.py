@@ -3,16 +3,16 @@ around :class:`~interop.hl7v2.messages.MessageLog`.
 
 It runs in its own thread with its own event loop, not in uvicorn's: the node starts it from the (sync)
 ``Node.start``, it keeps working whatever serves HTTP, and HTTP latency never waits on an MLLP burst nor the
-other way round. Each connection is read by a :class:`~interop.hl7v2.mllp.Deframer`; every complete frame
-is handed, in the order it arrived, to :class:`~interop.hl7v2.group.GroupCommit`, which maps it on a small
-worker thread and commits it together with whatever else arrived meanwhile (the database commit blocks; the
-loop does not). A frame's ACK is written once its group is committed, in the order the frames came, so a
-connection's messages are applied in the order sent, whether the sender waits for each ACK (original
-mode, §2.9.2) or pipelines several. Connections run side by side.
+other way round. Each connection is read by a :class:`~interop.hl7v2.mllp.Deframer`; every complete frame is
+handed, in the order it arrived, to :class:`~interop.hl7v2.group.GroupCommit`, which reads (and, unless it asks
+only for an accept acknowledgment, maps) it on a worker thread and commits it together with whatever else
+arrived meanwhile (the database commit blocks; the loop does not). A frame's ACK is written once its group is
+committed, in the order the frames came, so a connection's messages are applied in the order sent, whether the
+sender waits for each ACK (original mode, §2.9.2) or pipelines several. Connections run side by side.
 
 A frame the peer cuts off (connection closed before ``FS CR``) is dropped: nothing was acknowledged, so
-nothing is stored. A frame over ``hl7.max_message_bytes`` is answered ``AR`` (addressed from its MSH when
-that was readable) and dropped.
+nothing is stored. A frame over ``hl7.max_message_bytes`` is answered ``AR`` (``CR`` to a message asking only
+for an accept acknowledgment; addressed from its MSH when that was readable) and dropped.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ class MllpListener:
 
     def _told(self, header: Header | None, outcome: Outcome) -> Outcome:
         """A refusal in the codes the sender asked for: CE/CR to a message that wants an accept acknowledgment."""
-        if header is not None and self.messages.commit_acks and header.commit_ack:
+        if header is not None and self.messages.accept_only(header):
             return outcome.as_accept()
         return outcome
 

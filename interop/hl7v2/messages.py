@@ -205,7 +205,7 @@ class MessageLog:
             header = read_header(raw)
         except InteropError as exc:  # no usable MSH: nothing can be routed, so it is refused (AR)
             return Prepared(raw, peer, None, replace(outcome_of(exc), code="AR"))
-        if self.commit_acks and header.commit_ack and not to_apply:
+        if self.accept_only(header) and not to_apply:
             try:
                 check_header(header)  # CR: a type, event, version or processing ID we do not take
                 parse(raw, header)  # CE: undecodable bytes, a broken segment
@@ -226,6 +226,10 @@ class MessageLog:
             mapped, outcome = None, Outcome("AE", "207", "application internal error: the message could not be "
                                                          "mapped")
         return Prepared(raw, peer, header, outcome, mapped)
+
+    def accept_only(self, header: Header) -> bool:
+        """Whether ``header``'s message is answered with an accept acknowledgment (CA/CE/CR) and applied after."""
+        return self.commit_acks and header.commit_ack
 
     def map(self, raw: bytes, header: Header) -> Mapped:
         """Decode, parse and map (pure: raises :class:`InteropError` for anything wrong with the message)."""

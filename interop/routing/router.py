@@ -266,22 +266,23 @@ class Router:
                     log.exception("ImagingStudy not written")
             new += self.route_study(ev.study_uid, aware(ev.at) or utcnow())
             self._save_cursor("study_events", ev.id)
-        if any(r.enabled and r.study is None and r.labs is not None for r in self.rules.rules()):
-            new += self._poll_labs()
+        lab_rules = [r for r in self.rules.rules() if r.enabled and r.study is None and r.labs is not None]
+        if lab_rules:
+            new += self._poll_labs(lab_codes(lab_rules))
         if new and self.on_new_jobs:
             self.on_new_jobs(new)
         return new
 
-    def _poll_labs(self) -> list[int]:
-        """Route the patients whose Observations changed since the cursor (minus :data:`OVERLAP`).
-
-        The window is read in keyset pages of ``(last_updated, pk)``, narrow columns first; only versions not
-        yet routed have their subject read. The cursor is saved after each page's patients are routed, so a
-        window holding more Observations than a page (a burst, or a first start over a filled store) is read
-        to its end instead of the same first page again, and a crash mid-window loses nothing. Only a patient
-        with a fresh Observation whose code is in some lab rule's set is routed: another result can make no lab
-        set newly complete (a lab feed's metabolic panels then cost the router one read each, not a search)."""
-        wanted = lab_codes([r for r in self.rules.rules() if r.enabled and r.study is None and r.labs is not None])
+    def _poll_labs(self, wanted: set[str]) -> list[int]:
+        """Route the patients whose Observations changed since the cursor (minus :data:`OVERLAP`). The window is
+        read in keyset pages of ``(last_updated, pk)``, narrow columns first; only versions not yet
+        routed have their code and subject read (from the search index). The cursor is saved after each
+        page's patients are routed, so a window holding more Observations than a page (a burst, or a
+        first start over a filled store) is read to its end instead of the same first page again, and a
+        crash mid-window loses nothing. Only a patient with a fresh Observation whose code is in some
+        lab rule's set is routed: another result can make no lab set newly complete (a lab feed's
+        metabolic panels then cost the router one read each, not a search). ``wanted``: the
+        ``system|code`` tokens of the enabled lab rules' sets."""
         cur = self._cursor("observations")
         since = (cur.at - OVERLAP) if cur.at else dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
         self._seen = {k: t for k, t in self._seen.items() if t > since}
